@@ -147,7 +147,9 @@ def _name_list(values: Any, path: Path, column: str, row_prefix: str = "") -> li
             raise TableError(path, f"expected a non-empty name, got {value!r}", row=row, column=column)
         key = value.strip().casefold()
         if key in seen:
-            raise TableError(path, f"duplicate key {value!r} (first at index {seen[key]})", row=row, column=column)
+            raise TableError(
+                path, f"duplicate key {value!r} (first at index {seen[key]})", row=row, column=column
+            )
         seen[key] = i
     return [v.strip() for v in values]
 
@@ -198,8 +200,10 @@ def build_tables(raw_dir: str | Path, rules: Canonicaliser) -> SourceTables:
     eval_assets = read_eval_assets(raw_dir / EVAL_ASSETS_FILE)
     check_disjoint(classes, eval_assets, raw_dir / EQUIPMENT_CLASSES_FILE, raw_dir / EVAL_ASSETS_FILE)
 
-    class_names = dict(zip(classes["equipment_class"].map(asset_key), classes["equipment_class"]))
-    eval_names = dict(zip(eval_assets["asset"].map(asset_key), eval_assets["asset"]))
+    class_names = dict(
+        zip(classes["equipment_class"].map(asset_key), classes["equipment_class"], strict=True)
+    )
+    eval_names = dict(zip(eval_assets["asset"].map(asset_key), eval_assets["asset"], strict=True))
     fm_rows, candidate_rows = read_asset_facts(raw_dir / ASSET_FACTS_FILE, class_names, eval_names)
     matrix = read_fm_sensor_matrix(raw_dir / MATRIX_FILE, eval_names)
 
@@ -270,7 +274,9 @@ def check_unique_keys(keys: list[str], path: Path, column: str) -> None:
         first[key] = i
 
 
-def check_disjoint(classes: pd.DataFrame, eval_assets: pd.DataFrame, class_file: Path, eval_file: Path) -> None:
+def check_disjoint(
+    classes: pd.DataFrame, eval_assets: pd.DataFrame, class_file: Path, eval_file: Path
+) -> None:
     """D_source (knowledge is generated about it) and D_eval (questions are asked about it) share no asset."""
     shared = set(classes["equipment_class"].map(asset_key)) & set(eval_assets["asset"].map(asset_key))
     if shared:
@@ -302,10 +308,14 @@ def read_asset_facts(
                 candidates += [(eval_names[key], kind, name) for name in names]
             else:
                 known = "an ISO 14224 class" if kind == "failure_mode" else "an ISO 17359 asset"
-                raise TableError(path, f"unknown asset {asset_raw!r}: expected {known}", row=row, column="asset")
+                raise TableError(
+                    path, f"unknown asset {asset_raw!r}: expected {known}", row=row, column="asset"
+                )
     missing = sorted(set(class_names.values()) - {cls for cls, _ in class_fms})
     if missing:
-        raise TableError(path, f"no failure modes for equipment classes {missing}", column="relevant_fm_for_each_asset")
+        raise TableError(
+            path, f"no failure modes for equipment classes {missing}", column="relevant_fm_for_each_asset"
+        )
     return class_fms, candidates
 
 
@@ -320,7 +330,9 @@ def read_fm_sensor_matrix(path: Path, eval_names: dict[str, str]) -> pd.DataFram
         raise TableError(path, f"not a valid CSV: {err}") from None
     missing = [c for c in MATRIX_COLUMNS if c not in raw.columns]
     if missing:
-        raise TableError(path, f"missing column(s) {missing}; expected columns {MATRIX_COLUMNS}", row=1, column=missing[0])
+        raise TableError(
+            path, f"missing column(s) {missing}; expected columns {MATRIX_COLUMNS}", row=1, column=missing[0]
+        )
     if raw.empty:
         raise TableError(path, "empty table: expected one row per (asset, failure_mode, sensor) cell")
     for column in MATRIX_COLUMNS:
@@ -336,7 +348,10 @@ def read_fm_sensor_matrix(path: Path, eval_names: dict[str, str]) -> pd.DataFram
         key = asset_key(name)
         if key not in eval_names:
             raise TableError(
-                path, f"unknown asset {name!r}: expected one of the ISO 17359 assets", row=i + 2, column="asset"
+                path,
+                f"unknown asset {name!r}: expected one of the ISO 17359 assets",
+                row=i + 2,
+                column="asset",
             )
         assets.append(eval_names[key])
     matrix = pd.DataFrame(

@@ -64,10 +64,7 @@ class Canonicaliser:
         """The canonical name(s) of a raw spelling: one, or one per part of an "x/ y" compound."""
         text = self.clean(raw)
         key = _compact_slashes(text)
-        if key in self.split_overrides:
-            parts = list(self.split_overrides[key])
-        else:
-            parts = _split_compound(text)
+        parts = self.split_overrides.get(key) or _split_compound(text)
         parts = [self.synonyms.get(p, p) for p in parts]
         return list(dict.fromkeys(parts))  # drop repeated parts, keep order
 

@@ -1,0 +1,66 @@
+"""The `alia` command. Pipeline stages run through `dvc repro`; this is for looking around."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Where alia keeps things on this machine."""
+    import alia
+    from alia.tracking import repo_root, tracking_uri
+
+    info = {"version": alia.__version__, "repo_root": str(repo_root()), "mlflow_tracking_uri": tracking_uri()}
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def cmd_mcqa(args: argparse.Namespace) -> int:
+    """Load FailureSensorIQ-format questions (a local .jsonl or the published dataset) into Parquet."""
+    from alia.failuresensoriq import load_mcqa
+
+    questions = load_mcqa(args.source, revision=args.revision)
+    if args.out:
+        questions.to_parquet(args.out, index=False)
+    by_asset = questions["asset_name"].value_counts().to_dict()
+    print(json.dumps({"questions": len(questions), "by_asset": by_asset}, indent=2))
+    return 0
+
+
+def cmd_kg(args: argparse.Namespace) -> int:
+    """Print a node's neighbours in the knowledge graph."""
+    from alia.kg import KnowledgeGraph
+
+    kg = KnowledgeGraph.read(args.kg_dir)
+    if args.node not in kg.graph:
+        print(
+            f"no node {args.node!r}; node ids look like 'sensor:vibration' or 'asset:Pump'", file=sys.stderr
+        )
+        return 2
+    for _, dst, data in sorted(kg.graph.out_edges(args.node, data=True), key=lambda e: (e[2]["type"], e[1])):
+        context = f" [{data['asset']}]" if data["asset"] else ""
+        print(f"{data['type']:<13} {dst}{context}  ({data['source']}: {data['origin']})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="alia", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", help=cmd_info.__doc__).set_defaults(func=cmd_info)
+    mcqa = sub.add_parser("mcqa", help=cmd_mcqa.__doc__)
+    mcqa.add_argument("source", help="a .jsonl path, or hub[:<config>] for ibm-research/FailureSensorIQ")
+    mcqa.add_argument("--revision", help="hub revision (commit, tag or branch)")
+    mcqa.add_argument("--out", help="write the questions to this Parquet file")
+    mcqa.set_defaults(func=cmd_mcqa)
+    kg = sub.add_parser("kg", help=cmd_kg.__doc__)
+    kg.add_argument("node", help="a node id, e.g. 'sensor:vibration'")
+    kg.add_argument("--kg-dir", default="data/kg")
+    kg.set_defaults(func=cmd_kg)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

