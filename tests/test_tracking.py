@@ -17,6 +17,12 @@ def test_default_store_is_sqlite_in_the_repo(monkeypatch, tmp_path):
     assert tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
+def test_temporary_experiment_copies_log_to_the_repository(monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path / ".dvc" / "tmp" / "exps" / "tmpab12"))
+    assert tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
 def test_run_is_tagged_with_stage_commit_and_experiment(store, monkeypatch):
     monkeypatch.setenv("DVC_EXP_NAME", "lora-r16")
     monkeypatch.setenv("DVC_EXP_BASELINE_REV", "0123abc")

@@ -21,16 +21,26 @@ MAX_PARAM_LENGTH = 500
 
 
 def repo_root() -> Path:
-    """The DVC repository root: DVC_ROOT while DVC runs a stage, else the current directory's git root."""
+    """The DVC repository root: DVC_ROOT while DVC runs a stage, else the current directory's git root.
+
+    `dvc exp run --temp` and queued experiments run in a copy under <repo>/.dvc/tmp/exps/; their runs
+    belong to <repo>, not to the copy that DVC deletes afterwards.
+    """
     if os.environ.get("DVC_ROOT"):
-        return Path(os.environ["DVC_ROOT"])
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=True
-        )
-        return Path(out.stdout.strip())
-    except (OSError, subprocess.CalledProcessError):
-        return Path.cwd()
+        root = Path(os.environ["DVC_ROOT"])
+    else:
+        try:
+            out = subprocess.run(
+                ["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=True
+            )
+            root = Path(out.stdout.strip())
+        except (OSError, subprocess.CalledProcessError):
+            root = Path.cwd()
+    parts = root.parts
+    for i in range(len(parts) - 2):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return root
 
 
 def tracking_uri() -> str:

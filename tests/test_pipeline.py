@@ -1,0 +1,193 @@
+"""End to end: `dvc repro` of tables and kg in a fresh copy of the project, then DVC remotes.
+
+The copy is a new git + DVC repository holding exactly what a clone holds (code, params, raw data),
+so these tests see what a user sees after `git clone`.
+"""
+
+import filecmp
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO
+
+PROJECT_FILES = [
+    "dvc.yaml",
+    "params.yaml",
+    "stages",
+    "src",
+    "requirements",
+    "data/raw",
+    "data/vocabulary_rules.yaml",
+]
+OUTPUTS = ["data/tables", "data/kg"]
+BIN = Path(sys.executable).parent
+
+
+def run(cmd: list[str], cwd: Path, env: dict | None = None) -> str:
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", **(env or {})}
+    env.pop("MLFLOW_TRACKING_URI", None)  # each copy keeps its own sqlite store
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout + result.stderr
+
+
+def git(*args: str, cwd: Path) -> str:
+    return run(["git", "-c", "user.name=alia-test", "-c", "user.email=test@alia.invalid", *args], cwd)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A fresh repository with the project's files, after `dvc repro kg` (which runs tables too)."""
+    root = tmp_path_factory.mktemp("project")
+    for name in PROJECT_FILES:
+        src, dst = REPO / name, root / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
+    git("init", "-q", cwd=root)
+    run(["dvc", "init", "-q"], root)
+    out = run(["dvc", "repro", "kg"], root)
+    assert "Running stage 'tables'" in out and "Running stage 'kg'" in out
+    git("add", "-A", cwd=root)
+    git("commit", "-qm", "pipeline", cwd=root)
+    return root
+
+
+@pytest.mark.slow
+def test_repro_outputs_and_metrics(project):
+    metrics = yaml.safe_load((project / "metrics" / "kg.json").read_text())
+    assert metrics["nodes"]["equipment_class"] == 44 and metrics["edges"]["relevant_to"] == 568
+    tables = yaml.safe_load((project / "metrics" / "tables.json").read_text())
+    assert tables["relevant_ticks"] == 470
+    assert sorted(p.name for p in (project / "data" / "kg").iterdir()) == [
+        "edges.parquet",
+        "graph.graphml",
+        "nodes.parquet",
+    ]
+    assert "Data and pipelines are up to date" in run(["dvc", "status", "kg"], project)
+
+
+@pytest.mark.slow
+def test_second_repro_does_nothing_and_a_kg_param_reruns_only_kg(project):
+    again = run(["dvc", "repro", "kg"], project)
+    assert "Running stage" not in again
+    params = project / "params.yaml"
+    original = params.read_text()
+    try:
+        params.write_text(original.replace("graphml: true", "graphml: false"))
+        out = run(["dvc", "repro", "kg"], project)
+        assert "Running stage 'kg'" in out and "Running stage 'tables'" not in out
+        assert not (project / "data" / "kg" / "graph.graphml").exists()
+    finally:
+        params.write_text(original)
+        run(["dvc", "repro", "kg"], project)  # back to the committed state for the other tests
+
+
+@pytest.mark.slow
+def test_experiment_run_is_tagged_in_mlflow(project):
+    # --temp runs in a copy under .dvc/tmp/exps, leaving the workspace as committed
+    run(
+        ["dvc", "exp", "run", "--temp", "kg", "-n", "no-eval-assets", "-S", "kg.include_eval_assets=false"],
+        project,
+    )
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    runs = client.search_runs(
+        [client.get_experiment_by_name("alia").experiment_id], "tags.`dvc.exp_name` = 'no-eval-assets'"
+    )
+    assert len(runs) == 1
+    assert runs[0].data.metrics["nodes.asset"] == 0 and runs[0].data.metrics["nodes.equipment_class"] == 44
+    assert runs[0].data.tags["alia.stage"] == "kg"
+    shown = run(["dvc", "exp", "show", "--csv", "--no-pager"], project)
+    assert "no-eval-assets" in shown
+
+
+def _push_then_pull_into_a_clone(project: Path, tmp_path: Path, remote: str, env: dict | None = None) -> Path:
+    run(["dvc", "push", "--with-deps", "-r", remote, "kg"], project, env)
+    clone = tmp_path / "clone"
+    git("clone", "-q", str(project), str(clone), cwd=tmp_path)
+    for output in OUTPUTS:
+        assert not (clone / output).exists()
+    run(["dvc", "pull", "--with-deps", "-r", remote, "kg"], clone, env)
+    for output in OUTPUTS:
+        comparison = filecmp.dircmp(project / output, clone / output)
+        assert comparison.left_list == comparison.right_list and comparison.left_list
+        _, mismatch, errors = filecmp.cmpfiles(
+            project / output, clone / output, comparison.left_list, shallow=False
+        )
+        assert mismatch == [] and errors == []
+    assert "Data and pipelines are up to date" in run(["dvc", "status", "kg"], clone)
+    return clone
+
+
+@pytest.mark.slow
+def test_push_and_pull_through_a_local_remote(project, tmp_path):
+    storage = tmp_path / "shared-disk"  # a team's NFS share, say
+    run(["dvc", "remote", "add", "shared-disk", str(storage)], project)
+    git("commit", "-qam", "shared-disk remote", cwd=project)
+    _push_then_pull_into_a_clone(project, tmp_path, "shared-disk")
+    assert len([p for p in storage.rglob("*") if p.is_file()]) >= 9
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def s3_server():
+    """A local S3-compatible server (moto), as DVC's own S3 tests use; stopped after the test."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.mark.slow
+def test_push_and_pull_through_s3(project, tmp_path, s3_server):
+    import boto3
+
+    creds = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    boto3.client(
+        "s3",
+        endpoint_url=s3_server,
+        **{
+            "aws_access_key_id": "testing",
+            "aws_secret_access_key": "testing",
+            "region_name": "us-east-1",
+        },
+    ).create_bucket(Bucket="alia-test")
+    run(["dvc", "remote", "add", "s3", "s3://alia-test/dvcstore"], project)
+    run(["dvc", "remote", "modify", "s3", "endpointurl", s3_server], project)
+    git("commit", "-qam", "s3 remote", cwd=project)
+    _push_then_pull_into_a_clone(project, tmp_path, "s3", creds)
+    listed = boto3.client(
+        "s3",
+        endpoint_url=s3_server,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    ).list_objects_v2(Bucket="alia-test", Prefix="dvcstore/")
+    assert listed["KeyCount"] >= 5  # the 6 tables and 3 KG files, content-addressed
+
+
+def test_default_remote_is_outside_the_repository():
+    config = (REPO / ".dvc" / "config").read_text()
+    assert "remote = local" in config
+    url = config.split("url = ", 1)[1].splitlines()[0]
+    path = Path(os.path.expanduser(url))
+    assert path.is_absolute() and REPO not in path.parents
