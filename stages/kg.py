@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import mlflow
+
 from alia.kg import from_tables
 from alia.params import load_params
 from alia.tables import read_tables
@@ -30,8 +32,6 @@ plot_rows = [
 Path(plot_file).parent.mkdir(parents=True, exist_ok=True)
 Path(plot_file).write_text(json.dumps(plot_rows, indent=2) + "\n")
 
-with start_run("kg", params=params) as run:
-    import mlflow
-
+with start_run("kg", params=params):
     mlflow.log_metrics({f"{group}.{kind}": n for group, by in counts.items() for kind, n in by.items()})
 print(json.dumps(counts))

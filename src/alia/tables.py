@@ -10,6 +10,7 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from io import StringIO
 from pathlib import Path
 from typing import Any
 
@@ -321,8 +322,6 @@ def read_asset_facts(
 
 def read_fm_sensor_matrix(path: Path, eval_names: dict[str, str]) -> pd.DataFrame:
     """The ISO 17359 tick table; rows are reported as file lines (the header is line 1)."""
-    from io import StringIO
-
     text = read_text(path)
     try:
         raw = pd.read_csv(StringIO(text), dtype=str, keep_default_na=False)
