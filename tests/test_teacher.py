@@ -1,0 +1,217 @@
+"""The teacher client against a fake OpenAI-compatible server on 127.0.0.1 (tests/fake_openai.py)."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from fake_openai import FakeOpenAI
+
+from alia.prompts import KeyEntities, json_parser, parse_numbered_list
+from alia.teacher import Teacher, TeacherConfig, TeacherError
+
+HERE = Path(__file__).parent
+
+
+@pytest.fixture
+def server():
+    with FakeOpenAI() as fake:
+        yield fake
+
+
+def config(server: FakeOpenAI, **overrides) -> TeacherConfig:
+    defaults = {"retries": 3, "timeout": 5, "concurrency": 4}
+    return TeacherConfig(
+        base_url=server.base_url, model="fake-model", api_key_env=None, **defaults | overrides
+    )
+
+
+def user(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+def test_answers_in_order_with_token_counts(server, tmp_path):
+    with Teacher(config(server), tmp_path / "cache.sqlite") as teacher:
+        answers = teacher.ask([user("pump"), user("fan blade")])
+    assert [a.text for a in answers] == ["answer to: pump", "answer to: fan blade"]
+    assert [a.completion_tokens for a in answers] == [3, 4]
+    assert teacher.metrics()["calls"] == 2 and teacher.metrics()["prompt_tokens"] == 3
+
+
+def test_retries_then_success(server, tmp_path):
+    with Teacher(config(server), tmp_path / "cache.sqlite") as teacher:
+        answers = teacher.ask([user("[500x2] motor"), user("[429x1] valve"), user("pump")])
+    assert all(a.ok for a in answers)
+    assert server.calls() == {"[500x2] motor": 3, "[429x1] valve": 2, "pump": 1}
+    metrics = teacher.metrics()
+    assert (metrics["requests"], metrics["retries"], metrics["calls"]) == (6, 3, 3)
+
+
+def test_bounded_retries_then_clear_error_with_progress_kept(server, tmp_path):
+    prompts = [user("motor"), user("[500xinf] broken"), user("fan")]
+    cache = tmp_path / "cache.sqlite"
+    with Teacher(config(server, retries=2), cache) as teacher, pytest.raises(TeacherError) as err:
+        teacher.ask(prompts)
+    message = str(err.value)
+    assert message.startswith("1 of 3 prompts failed after 3 attempts (first: prompt 1: InternalServerError")
+    assert f"the 2 answers that arrived are cached in {cache}" in message
+    assert server.calls()["[500xinf] broken"] == 3  # bounded: 1 + 2 retries
+    # a re-run resumes: the two finished prompts are not asked again
+    with Teacher(config(server, retries=0), cache) as teacher, pytest.raises(TeacherError):
+        teacher.ask(prompts)
+    assert server.calls()["motor"] == 1 and server.calls()["fan"] == 1
+    assert teacher.metrics()["cache_hits"] == 2
+
+
+def test_time_outs_are_retried(server, tmp_path):
+    with Teacher(config(server, timeout=0.3, retries=1), tmp_path / "c.sqlite") as teacher:
+        with pytest.raises(TeacherError, match="APITimeoutError"):
+            teacher.ask([user("[sleep=1.0] slow")])
+        assert server.calls()["[sleep=1.0] slow"] == 2
+        assert teacher.ask([user("[sleep=0.1] a bit slow")])[0].ok  # slow, within the time-out
+
+
+def test_warm_rerun_makes_zero_calls(server, tmp_path):
+    prompts = [user(f"sensor {i}") for i in range(12)]
+    with Teacher(config(server), tmp_path / "cache.sqlite") as teacher:
+        first = teacher.ask(prompts)
+    with Teacher(config(server), tmp_path / "cache.sqlite") as teacher:
+        second = teacher.ask(prompts)
+    assert len(server.requests) == 12
+    assert [a.text for a in second] == [a.text for a in first]
+    metrics = teacher.metrics()
+    assert (metrics["calls"], metrics["cache_hits"], metrics["new_completion_tokens"]) == (0, 12, 0)
+    assert metrics["completion_tokens"] == sum(a.completion_tokens for a in first)
+
+
+def test_cache_key_covers_sampling_params(server, tmp_path):
+    cache = tmp_path / "cache.sqlite"
+    for overrides in ({}, {"temperature": 0.1}, {"seed": 7}, {"max_tokens": 64}, {}):
+        with Teacher(config(server, **overrides), cache) as teacher:
+            teacher.ask([user("pump")])
+    assert server.calls()["pump"] == 4  # the last run repeats the first: a cache hit
+
+
+def test_concurrency_is_bounded(server, tmp_path):
+    with Teacher(config(server, concurrency=3), tmp_path / "cache.sqlite") as teacher:
+        teacher.ask([user(f"[sleep=0.2] q{i}") for i in range(9)])
+    assert server.max_in_flight == 3
+
+
+def test_invalid_answer_is_reasked_then_parsed(tmp_path):
+    def answer(messages):  # a list only once told what was wrong
+        return "1. vibration\n2. oil debris" if len(messages) > 1 else "Vibration and oil debris."
+
+    with FakeOpenAI(answer) as server, Teacher(config(server), tmp_path / "c.sqlite") as teacher:
+        (result,) = teacher.ask([user("sensors?")], parser=parse_numbered_list)
+        assert result.ok and result.parsed == ["vibration", "oil debris"] and result.attempts == 2
+        assert teacher.metrics()["reasks"] == 1
+        assert "could not be used: expected a numbered list" in server.requests[1]["prompt"]
+
+
+def test_malformed_json_is_reasked_then_validated(tmp_path):
+    good = '{"summary": "Pumps fail.", "entities": ["pump", "seal", "bearing"]}'
+
+    def answer(messages):  # truncated JSON first, as a small model writes it
+        return good if len(messages) > 1 else '```json\n{"summary": "Pumps fail.", "entities": ["pump", "se'
+
+    with FakeOpenAI(answer) as server, Teacher(config(server), tmp_path / "c.sqlite") as teacher:
+        (result,) = teacher.ask([user("entities?")], parser=json_parser(KeyEntities))
+    assert result.ok and result.parsed.entities == ["pump", "seal", "bearing"] and result.attempts == 2
+    assert "could not be used: expected a JSON object" in server.requests[1]["prompt"]
+
+
+def test_never_valid_answer_is_a_recorded_failure(tmp_path):
+    with (
+        FakeOpenAI(lambda messages: "I cannot say.") as server,
+        Teacher(config(server, max_reasks=2), tmp_path / "c.sqlite") as teacher,
+    ):
+        results = teacher.ask([user("sensors?"), user("more sensors?")], parser=parse_numbered_list)
+    assert len(results) == 2  # never silently dropped
+    assert [r.ok for r in results] == [False, False]
+    assert results[0].text == "I cannot say." and results[0].attempts == 3
+    assert results[0].error == "expected a numbered list, one item a line ('1. ...')"
+    assert teacher.metrics()["parse_failures"] == 2 and len(server.requests) == 6
+
+
+def test_api_key_is_sent_and_never_stored(server, tmp_path, monkeypatch):
+    secret = "sk-alia-test-0123456789abcdef"
+    monkeypatch.setenv("ALIA_TEST_KEY", secret)
+    cfg = config(server).model_copy(update={"api_key_env": "ALIA_TEST_KEY"})
+    with Teacher(cfg, tmp_path / "cache.sqlite") as teacher:
+        teacher.ask([user("pump")])
+    assert server.requests[0]["auth"] == f"Bearer {secret}"
+    assert secret.encode() not in (tmp_path / "cache.sqlite").read_bytes()
+    assert secret not in cfg.model_dump_json()
+
+
+def test_missing_api_key_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.delenv("ALIA_TEST_KEY", raising=False)
+    cfg = TeacherConfig(base_url="http://127.0.0.1:9/v1", api_key_env="ALIA_TEST_KEY")
+    with (
+        Teacher(cfg, tmp_path / "c.sqlite") as teacher,
+        pytest.raises(TeacherError, match="set the environment"),
+    ):
+        teacher.ask([user("pump")])
+
+
+def _cached_prompts(cache: Path) -> set[str]:
+    import json
+
+    with sqlite3.connect(cache, timeout=10) as db:
+        return {json.loads(m)[-1]["content"] for (m,) in db.execute("SELECT messages FROM responses")}
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_resumes_without_repeating_finished_prompts(server, tmp_path):
+    cache = tmp_path / "cache.sqlite"
+    worker = [sys.executable, str(HERE / "teacher_worker.py"), server.base_url, str(cache), "24"]
+    env = {**os.environ, "PYTHONPATH": str(HERE)}
+    process = subprocess.Popen(worker, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not cache.exists() or len(_cached_prompts(cache)) < 6):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = _cached_prompts(cache)
+    assert 6 <= len(finished) < 24, "the worker must be killed mid-run"
+
+    subprocess.run(worker, env=env, check=True, capture_output=True)
+    calls = server.calls()
+    assert len(_cached_prompts(cache)) == 24 and len(calls) == 24
+    assert all(calls[prompt] == 1 for prompt in finished)  # no repeated call for any finished prompt
+    assert sum(calls.values()) <= 24 + 2  # at most the calls in flight at the kill (concurrency 2) repeat
+
+
+@pytest.mark.slow
+def test_real_local_server_answers_and_is_stopped(tmp_path):
+    """The default teacher: llama.cpp serving the packaged SmolLM2 GGUF on 127.0.0.1."""
+    cfg = TeacherConfig(temperature=0.0, max_tokens=32, concurrency=2)
+    questions = [
+        user("Name one sensor used to monitor a centrifugal pump."),
+        user("What does a thermometer measure?"),
+    ]
+    with Teacher(cfg, tmp_path / "cache.sqlite") as teacher:
+        answers = teacher.ask(questions)
+        server = teacher.server
+        assert server.process.poll() is None and server.base_url.startswith("http://127.0.0.1:")
+    assert server.process.poll() is not None  # stopped with the block
+    assert all(a.ok and a.text.strip() and 0 < a.completion_tokens <= 32 for a in answers)
+    assert teacher.metrics()["calls"] == 2
+
+    with (
+        pytest.raises(RuntimeError, match="the stage failed"),
+        Teacher(cfg, tmp_path / "other.sqlite") as teacher,
+    ):
+        teacher.ask([user("Say yes.")])
+        server = teacher.server
+        raise RuntimeError("the stage failed")
+    assert server.process.poll() is not None  # stopped on error too
+
+    with Teacher(cfg, tmp_path / "cache.sqlite") as teacher:  # warm: the server is never started
+        assert [a.text for a in teacher.ask(questions)] == [a.text for a in answers]
+        assert teacher.server is None
