@@ -57,7 +57,9 @@ def test_bounded_retries_then_clear_error_with_progress_kept(server, tmp_path):
     with Teacher(config(server, retries=2), cache) as teacher, pytest.raises(TeacherError) as err:
         teacher.ask(prompts)
     message = str(err.value)
-    assert message.startswith("1 of 3 prompts failed after 3 attempts (first: prompt 1: InternalServerError")
+    assert message.startswith(
+        "1 of 3 prompts failed (transient errors retried 2 times) (first: prompt 1: Inter"
+    )
     assert f"the 2 answers that arrived are cached in {cache}" in message
     assert server.calls()["[500xinf] broken"] == 3  # bounded: 1 + 2 retries
     # a re-run resumes: the two finished prompts are not asked again
@@ -147,6 +149,27 @@ def test_api_key_is_sent_and_never_stored(server, tmp_path, monkeypatch):
     assert server.requests[0]["auth"] == f"Bearer {secret}"
     assert secret.encode() not in (tmp_path / "cache.sqlite").read_bytes()
     assert secret not in cfg.model_dump_json()
+
+
+def test_a_setup_error_stops_at_once_and_is_not_counted_as_prompt_failures(tmp_path):
+    """The local server cannot start: one clear error, not one failure per prompt."""
+    cfg = TeacherConfig(local={"model": str(tmp_path / "missing.gguf")})
+    with (
+        Teacher(cfg, tmp_path / "c.sqlite") as teacher,
+        pytest.raises(ValueError, match="must name a GGUF file"),
+    ):
+        teacher.ask([user("pump"), user("fan")])
+    assert teacher.metrics()["failures"] == 0
+
+
+def test_server_log_folder_is_created(tmp_path):
+    """A fresh clone has no logs/ folder (it is ignored by git)."""
+    from alia.teacher import LocalServer, LocalServerConfig
+
+    log = tmp_path / "logs" / "teacher_server.log"
+    with LocalServer(LocalServerConfig(), "smollm2", log) as server:
+        assert server.process.poll() is None
+    assert log.exists()
 
 
 def test_missing_api_key_is_a_clear_error(tmp_path, monkeypatch):

@@ -180,6 +180,8 @@ class LocalServer:
             "--n_threads",
             str(self.config.n_threads),
         ]
+        if self.log_path:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         try:
@@ -386,7 +388,7 @@ class Teacher:
             async with semaphore:
                 try:
                     return await self._ask_one(messages, parser)
-                except Exception as error:  # kept, so every other prompt still finishes and is cached
+                except openai.OpenAIError as error:  # kept: every other prompt still finishes and is cached
                     return error
                 finally:
                     progress.update()
@@ -410,9 +412,11 @@ class Teacher:
             self.stats["failures"] += len(errors)
             i, first = errors[0]
             raise TeacherError(
-                f"{len(errors)} of {len(prompts)} prompts failed after {self.config.retries + 1} attempts "
-                f"(first: prompt {i}: {type(first).__name__}: {first}); the {len(prompts) - len(errors)} "
-                f"answers that arrived are cached in {self.cache.path}, so a re-run resumes from them"
+                f"{len(errors)} of {len(prompts)} prompts failed "
+                f"(transient errors retried {self.config.retries} times) "
+                f"(first: prompt {i}: {type(first).__name__}: {first}); "
+                f"the {len(prompts) - len(errors)} answers that arrived are cached in {self.cache.path}, "
+                "so a re-run resumes from them"
             ) from first
         return results
 
