@@ -49,8 +49,14 @@ def discovered(tables, rules, tmp_path):
     vocab = tables["vocabulary"]
     known = set(vocab.loc[vocab["kind"] == "sensor", "name"])
     with FakeOpenAI(discovery_answer) as server, teacher(server, tmp_path) as t:
-        return discover_sensors(t, load_prompt("sensor_discovery", REPO / "prompts"), ["Pumps", "Valves"],
-                                rules, known, max_sensors=8)  # fmt: skip
+        return discover_sensors(
+            t,
+            load_prompt("sensor_discovery", REPO / "prompts"),
+            ["Pumps", "Valves"],
+            rules,
+            known,
+            max_sensors=8,
+        )
 
 
 def test_sensor_discovery_canonicalises_and_keeps_failures(discovered):
@@ -88,8 +94,9 @@ def test_discovered_sensors_grow_the_kg(discovered, tables):
 
 
 def test_relevance_items_grid(tables, discovered):
-    items = relevance_items(tables["class_failure_modes"], discovered[1], failure_modes_per_class=2,
-                            sensors_per_class=3)  # fmt: skip
+    items = relevance_items(
+        tables["class_failure_modes"], discovered[1], failure_modes_per_class=2, sensors_per_class=3
+    )
     pumps_fms = tables["class_failure_modes"].query("equipment_class == 'Pumps'")["failure_mode"].tolist()[:2]
     assert len(items) == 2 * 3  # Valves has no sensors: no items
     assert items["failure_mode"].unique().tolist() == pumps_fms
@@ -97,8 +104,13 @@ def test_relevance_items_grid(tables, discovered):
 
 
 def test_relevance_labels_and_kg_edges(tables, discovered, tmp_path):
-    items = pd.DataFrame({"asset": ["Pumps"] * 3, "failure_mode": ["vibration"] * 3,
-                          "sensor": ["vibration", "oil debris", "bearing temperature"]})  # fmt: skip
+    items = pd.DataFrame(
+        {
+            "asset": ["Pumps"] * 3,
+            "failure_mode": ["vibration"] * 3,
+            "sensor": ["vibration", "oil debris", "bearing temperature"],
+        }
+    )
     prompt = load_prompt("relevance_check", REPO / "prompts")
     with FakeOpenAI(relevance_answer) as server, teacher(server, tmp_path) as t:
         relevance = check_relevance(t, prompt, items)

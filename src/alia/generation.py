@@ -16,9 +16,18 @@ from alia.prompts import Prompt
 from alia.teacher import Teacher
 
 PROVENANCE_COLUMNS = [
-    "prompt", "prompt_hash", "teacher_model", "cache_key", "prompt_tokens", "completion_tokens",
-    "finish_reason", "attempts", "ok", "error", "text",
-]  # fmt: skip
+    "prompt",
+    "prompt_hash",
+    "teacher_model",
+    "cache_key",
+    "prompt_tokens",
+    "completion_tokens",
+    "finish_reason",
+    "attempts",
+    "ok",
+    "error",
+    "text",
+]
 
 
 def ask_rows(

@@ -82,6 +82,14 @@ def add_relevance(kg: KnowledgeGraph, relevance: pd.DataFrame, prompt: Prompt) -
         cls = node_id("equipment_class", row.equipment_class)
         sensor = node_id("sensor", row.sensor)
         for name in row.failure_mode.split(LABEL_SEPARATOR):
-            added += kg.add_edge(sensor, node_id("failure_mode", name), "relevant_to", "llm", prompt.name,
-                                 asset=cls, reason=row.reason, cache_key=row.cache_key)  # fmt: skip
+            added += kg.add_edge(
+                sensor,
+                node_id("failure_mode", name),
+                "relevant_to",
+                "llm",
+                prompt.name,
+                asset=cls,
+                reason=row.reason,
+                cache_key=row.cache_key,
+            )
     return added

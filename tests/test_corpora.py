@@ -1,0 +1,87 @@
+import pandas as pd
+
+from alia.corpora import filter_passages, knowledge_items
+
+
+def passages(texts, ok=None, finish=None):
+    n = len(texts)
+    return pd.DataFrame({"text": texts, "ok": ok or [True] * n, "finish_reason": finish or ["stop"] * n})
+
+
+def test_each_filter_counts_what_it_removes():
+    base = (
+        "Vibration sensors on centrifugal pumps reveal misalignment, unbalance and bearing wear long before "
+        "a failure, because each fault changes the spectrum of the casing vibration in its own way."
+    )
+    texts = [
+        base,
+        "",  # empty
+        # truncated: the teacher hit max_tokens
+        "Oil debris analysis counts the wear particles in the lubricant of a gearbox and trends them",
+        "  " + base.upper() + " ",  # exact duplicate after case and space normalisation
+        base.replace("long before a failure", "well before any failure"),  # near duplicate
+        "Thermography shows hot spots on electrical connections of switchgear.",
+        "Never parsed",  # failed
+    ]
+    ok = [True] * 6 + [False]
+    finish = ["stop", "stop", "length", "stop", "stop", "stop", "stop"]
+    kept, counts = filter_passages(passages(texts, ok, finish), near_duplicate_threshold=0.5)
+    assert counts == {
+        "input": 7,
+        "failed": 1,
+        "empty": 1,
+        "truncated": 1,
+        "exact_duplicates": 1,
+        "near_duplicates": 1,
+        "kept": 2,
+    }
+    assert kept["text"].tolist() == [texts[0], texts[5]]
+
+
+def test_distinct_passages_survive():
+    texts = [
+        f"Sensor {i} watches failure mode {i * 7} on asset {i * 13} with its own method {i}."
+        for i in range(20)
+    ]
+    kept, counts = filter_passages(passages(texts))
+    assert counts["kept"] == 20 and counts["near_duplicates"] == 0
+
+
+def test_knowledge_items_cover_the_three_relations(tables):
+    class_fms = tables["class_failure_modes"]
+    sensors = pd.DataFrame(
+        {
+            "equipment_class": ["Pumps"] * 4,
+            "rank": [1, 2, 3, 4],
+            "sensor": ["vibration", "flow", "oil debris", "current"],
+        }
+    )
+    relevance = pd.DataFrame(
+        {
+            "equipment_class": ["Pumps"] * 3,
+            "failure_mode": ["noise", "vibration", "overheating"],
+            "sensor": ["vibration", "flow", "current"],
+            "relevant": pd.array([True, False, True], dtype="boolean"),
+        }
+    )
+    items = knowledge_items(
+        ["Pumps"],
+        class_fms,
+        sensors,
+        relevance,
+        failure_modes_per_class=5,
+        sensors_per_class=3,
+        facts_per_document=2,
+    )
+    assert items["relation"].value_counts().to_dict() == {
+        "asset_sensor": 2,
+        "asset_failure_mode": 3,
+        "asset_sensor_failure_mode": 1,
+    }
+    assert items.loc[items["relation"] == "asset_sensor", "facts"].tolist() == [
+        ["vibration", "flow"],
+        ["oil debris"],
+    ]
+    pairs = items.loc[items["relation"] == "asset_sensor_failure_mode", "facts"].iloc[0]
+    assert pairs == ["vibration helps detect noise", "current helps detect overheating"]
+    assert items["doc_id"].is_unique and items["doc_id"].str.len().eq(16).all()
