@@ -85,3 +85,60 @@ def test_knowledge_items_cover_the_three_relations(tables):
     pairs = items.loc[items["relation"] == "asset_sensor_failure_mode", "facts"].iloc[0]
     assert pairs == ["vibration helps detect noise", "current helps detect overheating"]
     assert items["doc_id"].is_unique and items["doc_id"].str.len().eq(16).all()
+
+
+def _qa_answers():
+    from alia.prompts import QAPair, QAPairs
+
+    answers = pd.DataFrame(
+        {
+            "source_doc_id": ["d1", "d2", "d3"],
+            "equipment_class": ["Pumps", "Valves", "Fans"],
+            "prompt": "qa_generation",
+            "prompt_hash": "h",
+            "teacher_model": "m",
+            "cache_key": ["k1", "k2", "k3"],
+        }
+    )
+    pairs = [QAPair(question=f"Q{i}?", answer=f"A{i}.") for i in range(3)]
+    parsed = [
+        QAPairs(summary="Pumps move fluid.", qa=pairs),
+        None,  # never valid JSON: no records
+        QAPairs(summary="Fans move air.", qa=[QAPair(question="q0?", answer="again"), *pairs[1:]]),
+    ]
+    return answers, parsed
+
+
+def test_qa_records_without_context_and_duplicate_questions_dropped():
+    from alia.corpora import qa_records
+
+    qa, summaries, counts = qa_records(*_qa_answers())
+    assert counts == {"pairs": 6, "duplicate_questions": 3}  # "q0?" repeats "Q0?" after normalisation
+    assert qa["question"].tolist() == ["Q0?", "Q1?", "Q2?"] and (qa["context"] == "").all()
+    assert qa["cache_key"].tolist() == ["k1"] * 3 and qa["doc_id"].is_unique
+    assert summaries["summary"].tolist() == ["Pumps move fluid.", "Fans move air."]
+
+
+def test_raft_contexts_hold_the_oracle_with_the_given_probability():
+    from alia.corpora import raft_records
+
+    summaries = pd.DataFrame(
+        {"source_doc_id": [f"d{i}" for i in range(10)], "summary": [f"S{i}" for i in range(10)]}
+    )
+    qa = pd.DataFrame(
+        {
+            "doc_id": [f"q{i}" for i in range(400)],
+            "source_doc_id": [f"d{i % 10}" for i in range(400)],
+            "context": "",
+            "oracle_in_context": False,
+        }
+    )
+    raft = raft_records(qa, summaries, distractors=2, oracle_probability=0.8, seed=0)
+    parts = raft["context"].str.split("\n\n")
+    own = [f"S{d[1:]}" for d in raft["source_doc_id"]]
+    has_oracle = [o in p for o, p in zip(own, parts, strict=True)]
+    assert has_oracle == raft["oracle_in_context"].tolist()
+    assert 0.75 < raft["oracle_in_context"].mean() < 0.85  # 400 draws at p = 0.8
+    assert (parts.map(len) == raft["oracle_in_context"].map({True: 3, False: 2})).all()
+    again = raft_records(qa, summaries, distractors=2, oracle_probability=0.8, seed=0)
+    assert again["context"].equals(raft["context"])  # seeded

@@ -117,6 +117,8 @@ def test_json_answers():
         '{"summary": "s", "qa": [' + ",".join(['{"question": "q", "answer": "a"}'] * 3) + "]}"
     )
     assert len(qa.qa) == 3
+    raw_newline = '{"summary": "two\nlines", "entities": ["a", "b", "c"]}'  # a raw newline inside a string
+    assert parse(raw_newline).summary == "two\nlines"
 
 
 @pytest.mark.parametrize(
@@ -129,6 +131,10 @@ def test_json_answers():
         ('{"summary": "s", "entities": ["a", "b",]}', "invalid JSON: "),
         ('{"summary": "s", "entities": ["a", "b"]}', "entities: List should have at least 3 items"),
         ('{"entities": ["a", "b", "c"]}', "summary: Field required"),
+        (
+            '{"summary": "s", "entities": ["", "b", "c"]}',
+            "entities.0: String should have at least 1 character",
+        ),
     ],
 )
 def test_json_malformed(text, message):

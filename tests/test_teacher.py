@@ -127,6 +127,23 @@ def test_malformed_json_is_reasked_then_validated(tmp_path):
     assert "could not be used: expected a JSON object" in server.requests[1]["prompt"]
 
 
+def test_json_schema_is_sent_as_response_format_and_keys_the_cache(tmp_path):
+    good = '{"summary": "Pumps fail.", "entities": ["pump", "seal", "bearing"]}'
+    with FakeOpenAI(lambda messages: good) as server:
+        for mode, expected in (("auto", "json_schema"), ("json_object", "json_object"), ("off", None)):
+            with Teacher(config(server, structured_output=mode), tmp_path / "c.sqlite") as teacher:
+                (result,) = teacher.ask(
+                    [user("entities?")], parser=json_parser(KeyEntities), schema=KeyEntities
+                )
+            assert result.ok
+            sent = server.requests[-1]["body"].get("response_format")
+            assert (sent or {}).get("type") == expected
+        assert len(server.requests) == 3  # each format is its own cache entry
+    assert sent is None
+    fmt = TeacherConfig(structured_output="auto").response_format(KeyEntities)  # base_url local
+    assert fmt["type"] == "json_object" and fmt["schema"]["required"] == ["summary", "entities"]
+
+
 def test_never_valid_answer_is_a_recorded_failure(tmp_path):
     with (
         FakeOpenAI(lambda messages: "I cannot say.") as server,

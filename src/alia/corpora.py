@@ -100,3 +100,111 @@ def filter_passages(
     kept = kept[~near].reset_index(drop=True)
     counts["kept"] = len(kept)
     return kept, counts
+
+
+def rephrase_items(kd_base: pd.DataFrame, style: str, documents: int) -> pd.DataFrame:
+    """The first `documents` KD_Base documents to rewrite in `style` (template variable `document`)."""
+    base = kd_base.head(documents)
+    return pd.DataFrame(
+        {
+            "doc_id": [doc_id("kd_rephrase", style, source) for source in base["doc_id"]],
+            "source_doc_id": base["doc_id"].to_numpy(),
+            "equipment_class": base["equipment_class"].to_numpy(),
+            "relation": base["relation"].to_numpy(),
+            "style": style,
+            "document": base["text"].to_numpy(),
+        }
+    )
+
+
+QA_COLUMNS = [
+    "doc_id",
+    "source_doc_id",
+    "equipment_class",
+    "question",
+    "answer",
+    "context",
+    "oracle_in_context",
+]
+
+
+def qa_items(kd_base: pd.DataFrame, documents: int, min_pairs: int) -> pd.DataFrame:
+    base = kd_base.head(documents)
+    return pd.DataFrame(
+        {
+            "source_doc_id": base["doc_id"].to_numpy(),
+            "equipment_class": base["equipment_class"].to_numpy(),
+            "document": base["text"].to_numpy(),
+            "min_pairs": min_pairs,
+        }
+    )
+
+
+def qa_records(answers: pd.DataFrame, parsed: list) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
+    """(KD_QA: one instruction record per question, no context; the summaries by source document;
+    counts). Exact duplicate questions are dropped and counted."""
+    provenance = ["prompt", "prompt_hash", "teacher_model", "cache_key"]
+    rows, summaries = [], []
+    for answer, qa in zip(answers.to_dict("records"), parsed, strict=True):
+        if qa is None:
+            continue
+        summaries.append({"source_doc_id": answer["source_doc_id"], "summary": qa.summary})
+        for i, pair in enumerate(qa.qa):
+            rows.append(
+                {
+                    "doc_id": doc_id("kd_qa", answer["source_doc_id"], i),
+                    "source_doc_id": answer["source_doc_id"],
+                    "equipment_class": answer["equipment_class"],
+                    "question": pair.question.strip(),
+                    "answer": pair.answer.strip(),
+                    "context": "",
+                    "oracle_in_context": False,
+                }
+                | {k: answer[k] for k in provenance}
+            )
+    records = pd.DataFrame(rows, columns=[*QA_COLUMNS, *provenance])
+    duplicated = records["question"].map(_normalised).duplicated()
+    counts = {"pairs": len(records), "duplicate_questions": int(duplicated.sum())}
+    summaries = pd.DataFrame(summaries, columns=["source_doc_id", "summary"])
+    return records[~duplicated].reset_index(drop=True), summaries, counts
+
+
+def raft_records(
+    qa: pd.DataFrame, summaries: pd.DataFrame, distractors: int, oracle_probability: float, seed: int
+) -> pd.DataFrame:
+    """KD_QA-RAFT: each question with a context of summaries, as in RAFT (Zhang et al., 2024): with
+    probability `oracle_probability` its own document's summary plus `distractors` summaries of other
+    documents, otherwise distractors only; the order is shuffled. Seeded, so reproducible."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    by_doc = dict(zip(summaries["source_doc_id"], summaries["summary"], strict=True))
+    out = qa.copy()
+    contexts, oracle = [], []
+    for source in out["source_doc_id"]:
+        others = [s for d, s in by_doc.items() if d != source]
+        chosen = list(rng.choice(others, size=min(distractors, len(others)), replace=False)) if others else []
+        with_oracle = bool(rng.random() < oracle_probability)
+        if with_oracle:
+            chosen.append(by_doc[source])
+        rng.shuffle(chosen)
+        contexts.append("\n\n".join(chosen))
+        oracle.append(with_oracle)
+    out["context"], out["oracle_in_context"] = contexts, oracle
+    out["doc_id"] = [doc_id("kd_qa_raft", d) for d in qa["doc_id"]]
+    return out
+
+
+def corpus_texts(kind: str, corpus: pd.DataFrame) -> list[str]:
+    """The text a student trains on, per passage: documents as they are; QA records as question and
+    answer; RAFT records with their context first."""
+    if kind in ("qa", "qa_raft"):
+        context = corpus["context"] + "\n\n" if kind == "qa_raft" else ""
+        return (context + corpus["question"] + "\n" + corpus["answer"]).tolist()
+    return corpus["text"].tolist()
+
+
+def token_counts(tokenizer, texts: list[str]) -> int:  # noqa: ANN001 - any transformers tokenizer
+    if not texts:
+        return 0
+    return sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])

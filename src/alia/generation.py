@@ -38,7 +38,10 @@ def ask_rows(
     The template variables of row i are items' columns in row i.
     """
     answers = teacher.ask(
-        [prompt.messages(**row) for row in items.to_dict("records")], parser=prompt.parser(), desc=desc
+        [prompt.messages(**row) for row in items.to_dict("records")],
+        parser=prompt.parser(),
+        desc=desc,
+        schema=prompt.schema(),
     )
     out = items.reset_index(drop=True).copy()
     same_for_all = {"prompt": prompt.name, "prompt_hash": prompt.hash, "teacher_model": teacher.config.model}

@@ -18,11 +18,11 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import jinja2
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, StringConstraints, ValidationError
 
 from alia.teacher import Message, Parser
 
@@ -69,18 +69,21 @@ def parse_yes_no(text: str) -> YesNo:
     return YesNo(answer=match.group(1).lower() == "yes", reason=reason)
 
 
+NonEmpty = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+
+
 class KeyEntities(BaseModel):
-    summary: str = Field(min_length=1)
-    entities: list[str] = Field(min_length=3, max_length=10)
+    summary: NonEmpty
+    entities: list[NonEmpty] = Field(min_length=3, max_length=10)
 
 
 class QAPair(BaseModel):
-    question: str = Field(min_length=1)
-    answer: str = Field(min_length=1)
+    question: NonEmpty
+    answer: NonEmpty
 
 
 class QAPairs(BaseModel):
-    summary: str = Field(min_length=1)
+    summary: NonEmpty
     qa: list[QAPair] = Field(min_length=3)
 
 
@@ -95,7 +98,8 @@ def json_parser(schema: type[BaseModel]) -> Parser:
         if start < 0 or end < start:
             raise ValueError(f"expected a JSON object with the fields {list(schema.model_fields)}")
         try:
-            return schema.model_validate(json.loads(text[start : end + 1]))
+            # strict=False: a raw newline or tab inside a string is no reason to throw an answer away
+            return schema.model_validate(json.loads(text[start : end + 1], strict=False))
         except json.JSONDecodeError as err:
             raise ValueError(f"invalid JSON: {err.msg} at character {err.pos}") from None
         except ValidationError as err:
@@ -125,6 +129,10 @@ class Prompt:
             )
         messages.append({"role": "user", "content": _ENV.from_string(self.user).render(**variables).strip()})
         return messages
+
+    def schema(self) -> type[BaseModel] | None:
+        """The JSON schema the answer must follow, for prompts whose output is json:<schema>."""
+        return JSON_SCHEMAS[self.output.removeprefix("json:")] if self.output.startswith("json:") else None
 
     def parser(self) -> Parser | None:
         if self.output == "text":

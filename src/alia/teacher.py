@@ -30,7 +30,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import openai
 from pydantic import BaseModel, ConfigDict
@@ -66,11 +66,28 @@ class TeacherConfig(BaseModel):
     timeout: float = 120.0
     retries: int = 4  # further attempts after the first, on 429 / 5xx / time-out / connection errors
     max_reasks: int = 2  # further attempts after an answer that does not parse
+    # How a JSON answer's schema is sent: OpenAI's and vLLM's "json_schema" response format, or
+    # llama.cpp's "json_object" + schema; "auto" picks llama.cpp's for the local server.
+    structured_output: Literal["auto", "json_schema", "json_object", "off"] = "auto"
     local: LocalServerConfig = LocalServerConfig()
 
     def sampling(self) -> dict[str, Any]:
         """What, besides model and messages, decides an answer: part of the cache key."""
         return {"temperature": self.temperature, "max_tokens": self.max_tokens, "seed": self.seed}
+
+    def response_format(self, schema: type[BaseModel] | None) -> dict[str, Any] | None:
+        """The request's response_format that constrains the answer to `schema`'s JSON."""
+        mode = self.structured_output
+        if schema is None or mode == "off":
+            return None
+        if mode == "auto":
+            mode = "json_object" if self.base_url == LOCAL else "json_schema"
+        if mode == "json_object":
+            return {"type": "json_object", "schema": schema.model_json_schema()}
+        return {
+            "type": "json_schema",
+            "json_schema": {"name": schema.__name__, "schema": schema.model_json_schema()},
+        }
 
 
 class TeacherError(RuntimeError):
@@ -306,9 +323,9 @@ class Teacher:
             )
         return self._client
 
-    async def _call(self, messages: list[Message]) -> dict[str, Any]:
+    async def _call(self, messages: list[Message], response_format: dict | None = None) -> dict[str, Any]:
         """One answer for `messages`, from the cache or the endpoint (with retries)."""
-        sampling = self.config.sampling()
+        sampling = self.config.sampling() | ({"response_format": response_format} if response_format else {})
         key = cache_key(self.config.model, messages, sampling)
         cached = self.cache.get(key)
         if cached is not None:
@@ -342,11 +359,13 @@ class Teacher:
         self.stats["new_completion_tokens"] += answer["completion_tokens"]
         return {**answer, "key": key}
 
-    async def _ask_one(self, messages: list[Message], parser: Parser | None) -> Answer:
+    async def _ask_one(
+        self, messages: list[Message], parser: Parser | None, response_format: dict | None
+    ) -> Answer:
         attempts = 0
         while True:
             attempts += 1
-            raw = await self._call(messages)
+            raw = await self._call(messages, response_format)
             answer = Answer(
                 raw["text"],
                 cache_key=raw["key"],
@@ -380,14 +399,16 @@ class Teacher:
                 },
             ]
 
-    async def _ask_all(self, prompts: Sequence[list[Message]], parser: Parser | None, desc: str) -> list:
+    async def _ask_all(
+        self, prompts: Sequence[list[Message]], parser: Parser | None, desc: str, response_format: dict | None
+    ) -> list:
         semaphore = asyncio.Semaphore(self.config.concurrency)
         progress = tqdm(total=len(prompts), desc=desc, unit="prompt", dynamic_ncols=True)
 
         async def one(messages: list[Message]) -> Answer | BaseException:
             async with semaphore:
                 try:
-                    return await self._ask_one(messages, parser)
+                    return await self._ask_one(messages, parser, response_format)
                 except openai.OpenAIError as error:  # kept: every other prompt still finishes and is cached
                     return error
                 finally:
@@ -402,11 +423,16 @@ class Teacher:
                 self._client = None
 
     def ask(
-        self, prompts: Sequence[list[Message]], parser: Parser | None = None, desc: str = "teacher"
+        self,
+        prompts: Sequence[list[Message]],
+        parser: Parser | None = None,
+        desc: str = "teacher",
+        schema: type[BaseModel] | None = None,
     ) -> list[Answer]:
-        """Answers for every prompt, in order. Raises TeacherError if a call still failed after
-        its retries; the answers that did arrive are in the cache, so a re-run resumes from them."""
-        results = asyncio.run(self._ask_all(prompts, parser, desc))
+        """Answers for every prompt, in order; with `schema`, the endpoint is asked to constrain each
+        answer to that JSON schema. Raises TeacherError if a call still failed after its retries;
+        the answers that did arrive are in the cache, so a re-run resumes from them."""
+        results = asyncio.run(self._ask_all(prompts, parser, desc, self.config.response_format(schema)))
         errors = [(i, r) for i, r in enumerate(results) if isinstance(r, BaseException)]
         if errors:
             self.stats["failures"] += len(errors)
