@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from conftest import REPO
@@ -153,6 +154,95 @@ def test_teacher_stage_keeps_the_key_out_and_reruns_only_on_its_prompt(project):
         out = run(["dvc", "repro", "sensor_discovery"], project, env)
         ran = [line for line in out.splitlines() if line.startswith("Running stage")]
         assert ran == ["Running stage 'sensor_discovery':"] and len(server.requests) == 16
+    params_file.write_text(original)
+    git("checkout", "--", "prompts", cwd=project)
+
+
+def kd_teacher_answer(messages: list[dict]) -> str:
+    """A fake teacher for the whole KD chain: the answer each prompt file asks for, with words drawn
+    from a generator seeded by the prompt, so no two documents are near duplicates."""
+    import json
+    import random
+
+    text = messages[-1]["content"]
+    rng = random.Random(text)
+    words = " ".join(
+        rng.choice(
+            [
+                "pump",
+                "seal",
+                "shaft",
+                "wear",
+                "heat",
+                "flow",
+                "noise",
+                "trend",
+                "alarm",
+                "signal",
+                "bearing",
+                "casing",
+                "oil",
+                "filter",
+                "valve",
+                "motor",
+            ]
+        )
+        for _ in range(40)
+    )
+    if "Which sensors can be installed" in text:
+        return "1. Vibration sensor\n2. Bearing temperature\n3. Oil debris"
+    if "Can this sensor help detect" in text:
+        return "Yes\nIt changes before the failure."
+    if "question-answer pairs" in text:
+        qa = [{"question": f"Question {i} {words[:30]}?", "answer": f"Answer {i}."} for i in range(3)]
+        return json.dumps({"summary": f"Summary {words[:40]}.", "qa": qa})
+    return f"{words}."
+
+
+@pytest.mark.slow
+def test_kd_chain_and_a_rephrase_prompt_edit_reruns_only_that_style(project):
+    params_file = project / "params.yaml"
+    original = params_file.read_text()
+    with FakeOpenAI(kd_teacher_answer) as server:
+        params = yaml.safe_load(original)
+        params["teacher"] |= {"base_url": server.base_url, "model": "fake-model", "api_key_env": None}
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        run(["dvc", "repro", "rephrase", "qa_generation"], project)
+
+        base = pd.read_parquet(project / "data" / "kd" / "base.parquet")
+        # 8 classes x (1 sensor document + 2 failure-mode documents + 3 pair documents)
+        assert len(base) == 48 and base["relation"].value_counts().to_dict() == {
+            "asset_sensor_failure_mode": 24,
+            "asset_failure_mode": 16,
+            "asset_sensor": 8,
+        }
+        assert {"doc_id", "facts", "prompt_hash", "teacher_model", "cache_key", "completion_tokens"} <= set(
+            base
+        )
+        assert set(base["teacher_model"]) == {"fake-model"} and base["doc_id"].is_unique
+        stats = yaml.safe_load((project / "metrics" / "knowledge_generation.json").read_text())
+        assert stats["filtered"] == {
+            "input": 48,
+            "failed": 0,
+            "empty": 0,
+            "truncated": 0,
+            "exact_duplicates": 0,
+            "near_duplicates": 0,
+            "kept": 48,
+        }
+        toddler = pd.read_parquet(project / "data" / "kd" / "rephrase" / "toddler.parquet")
+        assert len(toddler) == 6 and set(toddler["source_doc_id"]) <= set(base["doc_id"])
+        qa = pd.read_parquet(project / "data" / "kd" / "qa.parquet")
+        raft = pd.read_parquet(project / "data" / "kd" / "qa_raft.parquet")
+        assert len(qa) == len(raft) == 24 and (qa["context"] == "").all() and (raft["context"] != "").all()
+
+        calls = len(server.requests)
+        prompt = project / "prompts" / "rephrase_toddler.yaml"
+        prompt.write_text(prompt.read_text().replace("very simple words", "very simple, short words"))
+        out = run(["dvc", "repro", "rephrase", "qa_generation"], project)
+        ran = [line for line in out.splitlines() if line.startswith("Running stage")]
+        assert ran == ["Running stage 'rephrase@toddler':"]
+        assert len(server.requests) == calls + 6  # the six toddler rewrites, nothing else
     params_file.write_text(original)
     git("checkout", "--", "prompts", cwd=project)
 
