@@ -21,6 +21,7 @@ corpora = {
     "rephrase": pd.concat([pd.read_parquet(p) for p in sorted((kd_dir / "rephrase").glob("*.parquet"))]),
     "qa": pd.read_parquet(kd_dir / "qa.parquet"),
     "qa_raft": pd.read_parquet(kd_dir / "qa_raft.parquet"),
+    "extend": pd.read_parquet(kd_dir / "extend.parquet"),
 }
 tokenizers = {student: AutoTokenizer.from_pretrained(models_dir / student) for student in params["students"]}
 

@@ -98,6 +98,8 @@ def _qa_answers():
             "prompt_hash": "h",
             "teacher_model": "m",
             "cache_key": ["k1", "k2", "k3"],
+            "prompt_tokens": [100, 110, 120],
+            "completion_tokens": [200, 210, 220],
         }
     )
     pairs = [QAPair(question=f"Q{i}?", answer=f"A{i}.") for i in range(3)]
@@ -116,6 +118,7 @@ def test_qa_records_without_context_and_duplicate_questions_dropped():
     assert counts == {"pairs": 6, "duplicate_questions": 3}  # "q0?" repeats "Q0?" after normalisation
     assert qa["question"].tolist() == ["Q0?", "Q1?", "Q2?"] and (qa["context"] == "").all()
     assert qa["cache_key"].tolist() == ["k1"] * 3 and qa["doc_id"].is_unique
+    assert qa["completion_tokens"].tolist() == [200] * 3
     assert summaries["summary"].tolist() == ["Pumps move fluid.", "Fans move air."]
 
 
@@ -142,3 +145,51 @@ def test_raft_contexts_hold_the_oracle_with_the_given_probability():
     assert (parts.map(len) == raft["oracle_in_context"].map({True: 3, False: 2})).all()
     again = raft_records(qa, summaries, distractors=2, oracle_probability=0.8, seed=0)
     assert again["context"].equals(raft["context"])  # seeded
+
+
+def _entity_answers():
+    from alia.prompts import KeyEntities
+
+    answers = pd.DataFrame(
+        {
+            "source_doc_id": ["d1", "d2", "d3"],
+            "equipment_class": ["Pumps"] * 3,
+            "cache_key": ["k1", "k2", "k3"],
+        }
+    )
+    parsed = [
+        KeyEntities(summary="s", entities=["Impeller", "Vibration sensor", "Pumps", "mechanical seal"]),
+        KeyEntities(summary="s", entities=["impeller", "Mechanical seal", "Overheating", "impeller."]),
+        None,  # never valid JSON
+    ]
+    return answers, parsed
+
+
+def test_key_entities_map_to_known_nodes_and_skip_the_class(rules):
+    from alia.corpora import key_entity_rows
+
+    entities = key_entity_rows(
+        *_entity_answers(), rules, sensors={"vibration"}, failure_modes={"overheating"}
+    )
+    assert entities[["source_doc_id", "kind", "entity"]].values.tolist() == [
+        ["d1", "entity", "impeller"],
+        ["d1", "sensor", "vibration"],  # "Vibration sensor" is the known sensor
+        ["d1", "entity", "mechanical seal"],
+        ["d2", "entity", "impeller"],  # "impeller." repeats it: kept once
+        ["d2", "entity", "mechanical seal"],
+        ["d2", "failure_mode", "overheating"],
+    ]
+
+
+def test_extend_items_pick_frequent_entities_and_pairs(rules):
+    from alia.corpora import extend_items, key_entity_rows
+
+    entities = key_entity_rows(
+        *_entity_answers(), rules, sensors={"vibration"}, failure_modes={"overheating"}
+    )
+    items = extend_items(entities, entities_per_class=2, pairs_per_class=1)
+    assert items[["kind", "entity", "other"]].values.tolist() == [
+        ["entity", "impeller", ""],
+        ["entity", "mechanical seal", ""],
+        ["interaction", "impeller", "mechanical seal"],  # together in both documents
+    ]

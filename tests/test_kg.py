@@ -18,9 +18,17 @@ def test_counts(kg):
         "equipment_class": 44,
         "failure_mode": 129,
         "sensor": 68,
+        "entity": 0,
         "total": 251,
     }
-    assert counts["edges"] == {"experiences": 762, "monitored_by": 241, "relevant_to": 568, "total": 1571}
+    assert counts["edges"] == {
+        "experiences": 762,
+        "monitored_by": 241,
+        "relevant_to": 568,
+        "related_to": 0,
+        "co_occurs_with": 0,
+        "total": 1571,
+    }
     assert counts["edges_by_source"] == {"table": 1571, "llm": 0}
 
 

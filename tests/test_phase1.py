@@ -122,3 +122,28 @@ def test_relevance_labels_and_kg_edges(tables, discovered, tmp_path):
     assert add_relevance(kg, relevance, prompt) == 1
     edge = kg.graph.edges["sensor:vibration", "failure_mode:vibration", "relevant_to|equipment_class:Pumps"]
     assert edge["source"] == "llm" and edge["attrs"]["reason"] == "Vibration grows as the impeller wears."
+
+
+def test_key_entities_extend_the_kg(tables):
+    from alia.phase1 import add_key_entities
+
+    kg = from_tables(tables)
+    entities = pd.DataFrame(
+        {
+            "source_doc_id": ["d1", "d1", "d1"],
+            "equipment_class": ["Pumps"] * 3,
+            "kind": ["entity", "sensor", "failure_mode"],
+            "entity": ["impeller", "vibration", "overheating"],
+            "cache_key": ["k1"] * 3,
+        }
+    )
+    added = add_key_entities(kg, entities, load_prompt("key_entities", REPO / "prompts"))
+    counts = kg.counts()
+    assert added == 3 + 3  # three related_to, three co_occurs_with pairs
+    assert counts["nodes"]["entity"] == 1 and counts["edges"]["co_occurs_with"] == 3
+    assert kg.neighbours("equipment_class:Pumps", "related_to") == [
+        "entity:impeller",
+        "failure_mode:overheating",
+        "sensor:vibration",
+    ]
+    assert kg.graph.nodes["sensor:vibration"]["source"] == "table"  # an existing node is reused

@@ -193,6 +193,14 @@ def kd_teacher_answer(messages: list[dict]) -> str:
         return "1. Vibration sensor\n2. Bearing temperature\n3. Oil debris"
     if "Can this sensor help detect" in text:
         return "Yes\nIt changes before the failure."
+    if "key entities" in text:
+        entities = [
+            "Impeller",
+            "mechanical seal",
+            "Vibration sensor",
+            rng.choice(["shaft", "casing", "coupling"]),
+        ]
+        return json.dumps({"summary": f"Summary {words[:40]}.", "entities": entities})
     if "question-answer pairs" in text:
         qa = [{"question": f"Question {i} {words[:30]}?", "answer": f"Answer {i}."} for i in range(3)]
         return json.dumps({"summary": f"Summary {words[:40]}.", "qa": qa})
@@ -207,7 +215,7 @@ def test_kd_chain_and_a_rephrase_prompt_edit_reruns_only_that_style(project):
         params = yaml.safe_load(original)
         params["teacher"] |= {"base_url": server.base_url, "model": "fake-model", "api_key_env": None}
         params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-        run(["dvc", "repro", "rephrase", "qa_generation"], project)
+        run(["dvc", "repro", "rephrase", "qa_generation", "extend"], project)
 
         base = pd.read_parquet(project / "data" / "kd" / "base.parquet")
         # 8 classes x (1 sensor document + 2 failure-mode documents + 3 pair documents)
@@ -235,11 +243,21 @@ def test_kd_chain_and_a_rephrase_prompt_edit_reruns_only_that_style(project):
         qa = pd.read_parquet(project / "data" / "kd" / "qa.parquet")
         raft = pd.read_parquet(project / "data" / "kd" / "qa_raft.parquet")
         assert len(qa) == len(raft) == 24 and (qa["context"] == "").all() and (raft["context"] != "").all()
+        extend = pd.read_parquet(project / "data" / "kd" / "extend.parquet")
+        entities = pd.read_parquet(project / "data" / "kd" / "entities.parquet")
+        assert set(entities["kind"]) == {"entity", "sensor"}  # "Vibration sensor" is the known sensor
+        # 8 documents read, all from the first 2 classes (6 KD_Base documents per class):
+        # per class 2 entity documents and 1 interaction document
+        assert extend["kind"].value_counts().to_dict() == {"entity": 4, "interaction": 2}
+        kg = yaml.safe_load((project / "metrics" / "extend.json").read_text())["kg"]
+        assert (
+            kg["nodes"]["entity"] >= 3 and kg["edges"]["related_to"] > 0 and kg["edges"]["co_occurs_with"] > 0
+        )
 
         calls = len(server.requests)
         prompt = project / "prompts" / "rephrase_toddler.yaml"
         prompt.write_text(prompt.read_text().replace("very simple words", "very simple, short words"))
-        out = run(["dvc", "repro", "rephrase", "qa_generation"], project)
+        out = run(["dvc", "repro", "rephrase", "qa_generation", "extend"], project)
         ran = [line for line in out.splitlines() if line.startswith("Running stage")]
         assert ran == ["Running stage 'rephrase@toddler':"]
         assert len(server.requests) == calls + 6  # the six toddler rewrites, nothing else

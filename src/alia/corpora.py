@@ -13,7 +13,7 @@ import re
 import pandas as pd
 from datasketch import MinHash, MinHashLSH
 
-from alia.vocabulary import LABEL_SEPARATOR
+from alia.vocabulary import LABEL_SEPARATOR, Canonicaliser, normalise_text
 
 RELATIONS = ("asset_sensor", "asset_failure_mode", "asset_sensor_failure_mode")
 
@@ -143,7 +143,8 @@ def qa_items(kd_base: pd.DataFrame, documents: int, min_pairs: int) -> pd.DataFr
 def qa_records(answers: pd.DataFrame, parsed: list) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
     """(KD_QA: one instruction record per question, no context; the summaries by source document;
     counts). Exact duplicate questions are dropped and counted."""
-    provenance = ["prompt", "prompt_hash", "teacher_model", "cache_key"]
+    # token counts are those of the answer that held the pair (the summary and all its pairs)
+    provenance = ["prompt", "prompt_hash", "teacher_model", "cache_key", "prompt_tokens", "completion_tokens"]
     rows, summaries = [], []
     for answer, qa in zip(answers.to_dict("records"), parsed, strict=True):
         if qa is None:
@@ -208,3 +209,60 @@ def token_counts(tokenizer, texts: list[str]) -> int:  # noqa: ANN001 - any tran
     if not texts:
         return 0
     return sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+
+
+# --- KD_Extend ------------------------------------------------------------------------------
+
+ENTITY_COLUMNS = ["source_doc_id", "equipment_class", "kind", "entity", "entity_raw", "cache_key"]
+
+
+def key_entity_rows(
+    answers: pd.DataFrame, parsed: list, rules: Canonicaliser, sensors: set[str], failure_modes: set[str]
+) -> pd.DataFrame:
+    """One row per (document, key entity). An entity that names a known sensor or failure mode is
+    that node (kind sensor / failure_mode); anything else is a new `entity`. The class itself is skipped."""
+    rows = []
+    for answer, extracted in zip(answers.to_dict("records"), parsed, strict=True):
+        if extracted is None:
+            continue
+        own = normalise_text(answer["equipment_class"])
+        seen: set[tuple[str, str]] = set()
+        for raw in extracted.entities:
+            label = rules.label(raw).strip(" .;:")
+            if label == own or not label:
+                continue
+            kind = "sensor" if label in sensors else "failure_mode" if label in failure_modes else "entity"
+            if (kind, label) not in seen:
+                seen.add((kind, label))
+                rows.append(
+                    [
+                        answer["source_doc_id"],
+                        answer["equipment_class"],
+                        kind,
+                        label,
+                        raw,
+                        answer["cache_key"],
+                    ]
+                )
+    return pd.DataFrame(rows, columns=ENTITY_COLUMNS)
+
+
+def extend_items(entities: pd.DataFrame, entities_per_class: int, pairs_per_class: int) -> pd.DataFrame:
+    """Entity-centric and interaction-centric documents to write: per class, the entities named in
+    most of its documents, and the pairs of entities named together most often."""
+    from collections import Counter
+    from itertools import combinations
+
+    rows = []
+    for cls, group in entities.groupby("equipment_class", sort=False):
+        counts = Counter(group["entity"])  # one count per document: entities are unique within one
+        for entity, _ in counts.most_common(entities_per_class):
+            rows.append([doc_id("kd_extend", cls, entity), cls, "entity", entity, ""])
+        pairs = Counter(
+            pair
+            for _, doc in group.groupby("source_doc_id", sort=False)
+            for pair in combinations(sorted(doc["entity"]), 2)
+        )
+        for (a, b), _ in pairs.most_common(pairs_per_class):
+            rows.append([doc_id("kd_extend", cls, a, b), cls, "interaction", a, b])
+    return pd.DataFrame(rows, columns=["doc_id", "asset", "kind", "entity", "other"])

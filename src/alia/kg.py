@@ -2,9 +2,11 @@
 
 The graph is a networkx MultiDiGraph whose nodes and edges are checked against a small schema:
 
-    asset | equipment_class  --experiences-->  failure_mode
-    asset | equipment_class  --monitored_by--> sensor
-    sensor                   --relevant_to-->  failure_mode   (in the context of one asset or class)
+    asset | equipment_class  --experiences-->    failure_mode
+    asset | equipment_class  --monitored_by-->   sensor
+    sensor                   --relevant_to-->    failure_mode            (in one asset's or class's context)
+    asset | equipment_class  --related_to-->     entity | sensor | failure_mode   (key entities, KD_Extend)
+    entity | sensor | f.m.   --co_occurs_with--> entity | sensor | failure_mode   (in one class's context)
 
 Every node and edge records its provenance: `source` is "table" (from the ISO tables) or "llm"
 (added by a teacher-LLM stage), `origin` names the file or prompt it came from. The `tables`-driven
@@ -32,12 +34,17 @@ from alia.tables import (
     SourceTables,
 )
 
-NODE_TYPES = ("asset", "equipment_class", "failure_mode", "sensor")
+NODE_TYPES = ("asset", "equipment_class", "failure_mode", "sensor", "entity")
+_ENTITY_LIKE = frozenset({"entity", "sensor", "failure_mode"})
 # edge type -> (allowed source node types, allowed target node types, needs an asset context)
 EDGE_TYPES: dict[str, tuple[frozenset[str], frozenset[str], bool]] = {
     "experiences": (frozenset({"asset", "equipment_class"}), frozenset({"failure_mode"}), False),
     "monitored_by": (frozenset({"asset", "equipment_class"}), frozenset({"sensor"}), False),
     "relevant_to": (frozenset({"sensor"}), frozenset({"failure_mode"}), True),
+    # from key-entity extraction (KD_Extend): what a class's documents talk about, and which of
+    # those things are talked about together
+    "related_to": (frozenset({"asset", "equipment_class"}), _ENTITY_LIKE, False),
+    "co_occurs_with": (_ENTITY_LIKE, _ENTITY_LIKE, True),
 }
 SOURCES = ("table", "llm")
 
