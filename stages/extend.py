@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from alia.corpora import extend_items, filter_passages, key_entity_rows
+from alia.corpora import add_key_entities, extend_items, filter_passages, key_entity_rows
 from alia.generation import ask_rows, finish_stage, stage_teacher
 from alia.kg import KnowledgeGraph
 from alia.params import load_params
-from alia.phase1 import add_key_entities
 from alia.prompts import load_prompt
 from alia.vocabulary import Canonicaliser
 

@@ -125,7 +125,7 @@ def test_relevance_labels_and_kg_edges(tables, discovered, tmp_path):
 
 
 def test_key_entities_extend_the_kg(tables):
-    from alia.phase1 import add_key_entities
+    from alia.corpora import add_key_entities
 
     kg = from_tables(tables)
     entities = pd.DataFrame(

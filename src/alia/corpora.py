@@ -13,6 +13,8 @@ import re
 import pandas as pd
 from datasketch import MinHash, MinHashLSH
 
+from alia.kg import KnowledgeGraph, node_id
+from alia.prompts import Prompt
 from alia.vocabulary import LABEL_SEPARATOR, Canonicaliser, normalise_text
 
 RELATIONS = ("asset_sensor", "asset_failure_mode", "asset_sensor_failure_mode")
@@ -245,6 +247,25 @@ def key_entity_rows(
                     ]
                 )
     return pd.DataFrame(rows, columns=ENTITY_COLUMNS)
+
+
+def add_key_entities(kg: KnowledgeGraph, entities: pd.DataFrame, prompt: Prompt) -> int:
+    """KD_Extend's links: class --related_to--> each key entity, and co_occurs_with between the
+    entities of one document (in the class's context). Returns the number of new edges."""
+    added = 0
+    for (source, cls_name), doc in entities.groupby(["source_doc_id", "equipment_class"], sort=False):
+        cls = node_id("equipment_class", cls_name)
+        ids = [kg.add_node(r.kind, r.entity, "llm", prompt.name) for r in doc.itertuples()]
+        for nid, key in zip(ids, doc["cache_key"], strict=True):
+            added += kg.add_edge(
+                cls, nid, "related_to", "llm", prompt.name, source_doc_id=source, cache_key=key
+            )
+        for i, a in enumerate(ids):
+            for b in ids[i + 1 :]:
+                added += kg.add_edge(
+                    a, b, "co_occurs_with", "llm", prompt.name, asset=cls, source_doc_id=source
+                )
+    return added
 
 
 def extend_items(entities: pd.DataFrame, entities_per_class: int, pairs_per_class: int) -> pd.DataFrame:

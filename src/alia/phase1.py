@@ -93,22 +93,3 @@ def add_relevance(kg: KnowledgeGraph, relevance: pd.DataFrame, prompt: Prompt) -
                 cache_key=row.cache_key,
             )
     return added
-
-
-def add_key_entities(kg: KnowledgeGraph, entities: pd.DataFrame, prompt: Prompt) -> int:
-    """KD_Extend's links: class --related_to--> each key entity, and co_occurs_with between the
-    entities of one document (in the class's context). Returns the number of new edges."""
-    added = 0
-    for (source, cls_name), doc in entities.groupby(["source_doc_id", "equipment_class"], sort=False):
-        cls = node_id("equipment_class", cls_name)
-        ids = [kg.add_node(r.kind, r.entity, "llm", prompt.name) for r in doc.itertuples()]
-        for nid, key in zip(ids, doc["cache_key"], strict=True):
-            added += kg.add_edge(
-                cls, nid, "related_to", "llm", prompt.name, source_doc_id=source, cache_key=key
-            )
-        for i, a in enumerate(ids):
-            for b in ids[i + 1 :]:
-                added += kg.add_edge(
-                    a, b, "co_occurs_with", "llm", prompt.name, asset=cls, source_doc_id=source
-                )
-    return added
