@@ -9,7 +9,7 @@ from pathlib import Path
 from alia.generation import finish_stage, stage_teacher
 from alia.kg import KnowledgeGraph
 from alia.params import load_params
-from alia.phase1 import add_discovered_sensors, discover_sensors
+from alia.phase1 import add_discovered_sensors, discover_sensors, extend_vocabulary
 from alia.prompts import load_prompt
 from alia.tables import read_tables
 from alia.vocabulary import Canonicaliser
@@ -33,6 +33,7 @@ kg.write(kg_out_dir)
 Path(out_dir).mkdir(parents=True, exist_ok=True)
 answers.to_parquet(Path(out_dir) / "answers.parquet", index=False)
 sensors.to_parquet(Path(out_dir) / "sensors.parquet", index=False)
+extend_vocabulary(vocabulary, sensors, prompt).to_parquet(Path(out_dir) / "vocabulary.parquet", index=False)
 metrics = {
     "classes": len(classes),
     "answers_ok": int(answers["ok"].sum()),

@@ -81,6 +81,19 @@ def test_sensor_discovery_canonicalises_and_keeps_failures(discovered):
     assert set(pumps["sensor_raw"]) >= {"Vibration sensor", "Oil debris/ contamination"}
 
 
+def test_new_sensors_become_vocabulary_entries(discovered, tables):
+    from alia.phase1 import extend_vocabulary
+
+    vocab = tables["vocabulary"]
+    grown = extend_vocabulary(vocab, discovered[1], load_prompt("sensor_discovery", REPO / "prompts"))
+    added = grown.iloc[len(vocab) :]
+    assert list(grown.columns) == list(vocab.columns)
+    assert added[["name", "alias", "source_files"]].values.tolist() == [
+        ["bearing temperature", "Bearing temperature", "llm:sensor_discovery"],
+        ["flow", "Flow meter", "llm:sensor_discovery"],
+    ]
+
+
 def test_discovered_sensors_grow_the_kg(discovered, tables):
     kg = from_tables(tables)
     before = kg.counts()

@@ -93,3 +93,19 @@ def add_relevance(kg: KnowledgeGraph, relevance: pd.DataFrame, prompt: Prompt) -
                 cache_key=row.cache_key,
             )
     return added
+
+
+def extend_vocabulary(vocabulary: pd.DataFrame, sensors: pd.DataFrame, prompt: Prompt) -> pd.DataFrame:
+    """The vocabulary with the teacher's new sensors added (same schema as the tables' vocabulary):
+    one row per (new canonical name, spelling the teacher used), the prompt as its source."""
+    new = sensors.loc[~sensors["in_vocabulary"], ["sensor", "sensor_raw"]].drop_duplicates()
+    added = pd.DataFrame(
+        {
+            "kind": "sensor",
+            "name": new["sensor"].to_numpy(),
+            "label": new["sensor"].to_numpy(),
+            "alias": new["sensor_raw"].to_numpy(),
+            "source_files": f"llm:{prompt.name}",
+        }
+    )
+    return pd.concat([vocabulary, added], ignore_index=True)
