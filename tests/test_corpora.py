@@ -102,11 +102,19 @@ def _qa_answers():
             "completion_tokens": [200, 210, 220],
         }
     )
-    pairs = [QAPair(question=f"Q{i}?", answer=f"A{i}.") for i in range(3)]
+    pairs = [QAPair(question=f"What is part {i} of a pump?", answer=f"A{i}.") for i in range(3)]
     parsed = [
         QAPairs(summary="Pumps move fluid.", qa=pairs),
         None,  # never valid JSON: no records
-        QAPairs(summary="Fans move air.", qa=[QAPair(question="q0?", answer="again"), *pairs[1:]]),
+        QAPairs(
+            summary="Fans move air.",
+            qa=[
+                QAPair(question="WHAT is part 0 of a  pump?", answer="again"),
+                QAPair(question="...", answer="FTS"),
+                QAPair(question="Why they are so effective.", answer="x"),
+                *pairs[1:],
+            ],
+        ),
     ]
     return answers, parsed
 
@@ -115,8 +123,10 @@ def test_qa_records_without_context_and_duplicate_questions_dropped():
     from alia.corpora import qa_records
 
     qa, summaries, counts = qa_records(*_qa_answers())
-    assert counts == {"pairs": 6, "duplicate_questions": 3}  # "q0?" repeats "Q0?" after normalisation
-    assert qa["question"].tolist() == ["Q0?", "Q1?", "Q2?"] and (qa["context"] == "").all()
+    # the repeat of part 0 differs only in case and spacing; "..." and a statement are no questions
+    assert counts == {"pairs": 8, "not_questions": 2, "duplicate_questions": 3}
+    assert qa["question"].tolist() == [f"What is part {i} of a pump?" for i in range(3)]
+    assert (qa["context"] == "").all()
     assert qa["cache_key"].tolist() == ["k1"] * 3 and qa["doc_id"].is_unique
     assert qa["completion_tokens"].tolist() == [200] * 3
     assert summaries["summary"].tolist() == ["Pumps move fluid.", "Fans move air."]

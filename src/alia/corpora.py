@@ -144,7 +144,7 @@ def qa_items(kd_base: pd.DataFrame, documents: int, min_pairs: int) -> pd.DataFr
 
 def qa_records(answers: pd.DataFrame, parsed: list) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
     """(KD_QA: one instruction record per question, no context; the summaries by source document;
-    counts). Exact duplicate questions are dropped and counted."""
+    counts). Pairs whose question is no question, and exact duplicate questions, are dropped and counted."""
     # token counts are those of the answer that held the pair (the summary and all its pairs)
     provenance = ["prompt", "prompt_hash", "teacher_model", "cache_key", "prompt_tokens", "completion_tokens"]
     rows, summaries = [], []
@@ -166,10 +166,18 @@ def qa_records(answers: pd.DataFrame, parsed: list) -> tuple[pd.DataFrame, pd.Da
                 | {k: answer[k] for k in provenance}
             )
     records = pd.DataFrame(rows, columns=[*QA_COLUMNS, *provenance])
-    duplicated = records["question"].map(_normalised).duplicated()
-    counts = {"pairs": len(records), "duplicate_questions": int(duplicated.sum())}
+    # a question is a few words ending with "?": not "...", a stray JSON fragment or an instruction
+    # echoed back, as a small teacher writes
+    words = records["question"].str.findall(r"[A-Za-z]+").str.len()
+    is_question = records["question"].str.endswith("?") & (words >= 3)
+    duplicated = records["question"].map(_normalised).duplicated() & is_question
+    counts = {
+        "pairs": len(records),
+        "not_questions": int((~is_question).sum()),
+        "duplicate_questions": int(duplicated.sum()),
+    }
     summaries = pd.DataFrame(summaries, columns=["source_doc_id", "summary"])
-    return records[~duplicated].reset_index(drop=True), summaries, counts
+    return records[is_question & ~duplicated].reset_index(drop=True), summaries, counts
 
 
 def raft_records(
