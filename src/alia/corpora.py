@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections import Counter
+from itertools import combinations
 
+import numpy as np
 import pandas as pd
 from datasketch import MinHash, MinHashLSH
 
@@ -186,8 +189,6 @@ def raft_records(
     """KD_QA-RAFT: each question with a context of summaries, as in RAFT (Zhang et al., 2024): with
     probability `oracle_probability` its own document's summary plus `distractors` summaries of other
     documents, otherwise distractors only; the order is shuffled. Seeded, so reproducible."""
-    import numpy as np
-
     rng = np.random.default_rng(seed)
     by_doc = dict(zip(summaries["source_doc_id"], summaries["summary"], strict=True))
     out = qa.copy()
@@ -279,9 +280,6 @@ def add_key_entities(kg: KnowledgeGraph, entities: pd.DataFrame, prompt: Prompt)
 def extend_items(entities: pd.DataFrame, entities_per_class: int, pairs_per_class: int) -> pd.DataFrame:
     """Entity-centric and interaction-centric documents to write: per class, the entities named in
     most of its documents, and the pairs of entities named together most often."""
-    from collections import Counter
-    from itertools import combinations
-
     rows = []
     for cls, group in entities.groupby("equipment_class", sort=False):
         counts = Counter(group["entity"])  # one count per document: entities are unique within one

@@ -8,12 +8,16 @@ raw text. Nothing is dropped here; filters downstream count what they remove.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from alia.params import load_params
 from alia.prompts import Prompt
-from alia.teacher import Teacher
+from alia.teacher import Teacher, TeacherConfig
+from alia.tracking import start_run
 
 PROVENANCE_COLUMNS = [
     "prompt",
@@ -61,9 +65,6 @@ SERVER_LOG = "logs/teacher_server.log"
 def stage_teacher(params: dict[str, Any]) -> Teacher:
     """The teacher of a stage: params.yaml `teacher:`, overridden by the stage's own `teacher:`
     keys (say, a shorter max_tokens), answering from and into the stage's `cache`."""
-    from alia.params import load_params
-    from alia.teacher import TeacherConfig
-
     config = TeacherConfig(**(load_params("teacher") | params.get("teacher", {})))
     return Teacher(config, params["cache"], server_log=SERVER_LOG)
 
@@ -72,12 +73,7 @@ def finish_stage(
     stage: str, params: dict[str, Any], teacher: Teacher, metrics: dict, metrics_file: str
 ) -> None:
     """Write the stage's metrics (its own counts plus the teacher's) and log them to MLflow."""
-    import json
-    from pathlib import Path
-
-    import mlflow
-
-    from alia.tracking import start_run
+    import mlflow  # imported here: it takes seconds, and only the end of a stage needs it
 
     metrics = {**metrics, "teacher": teacher.metrics()}
     Path(metrics_file).parent.mkdir(parents=True, exist_ok=True)

@@ -142,9 +142,6 @@ class ResponseCache:
         )
         self.db.commit()
 
-    def __len__(self) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
-
     def close(self) -> None:
         self.db.close()
 
