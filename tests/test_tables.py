@@ -166,6 +166,17 @@ def test_invalid_json(raw_copy, rules):
         build_tables(raw_copy, rules)
 
 
+def test_duplicate_asset_up_to_its_abbreviation(raw_copy, rules):
+    path = raw_copy / "iso14224/iso14224_44_equipment_classes.json"
+    path.write_text(json.dumps([*json.loads(path.read_text()), "Subsea blowout preventers (BOP)"]))
+    with pytest.raises(TableError) as err:
+        build_tables(raw_copy, rules)
+    assert str(err.value) == (
+        f"{path}, row 44, column 'equipment_class': duplicate key 'Subsea blowout preventers (BOP)' "
+        "(first at index 1)"
+    )
+
+
 def test_overlapping_d_source_and_d_eval(raw_copy, rules):
     path = raw_copy / "iso14224/iso14224_44_equipment_classes.json"
     path.write_text(json.dumps([*json.loads(path.read_text()), "Pump"]))

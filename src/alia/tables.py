@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from io import StringIO
 from pathlib import Path
@@ -137,8 +137,10 @@ def _require(obj: Any, key: str, kind: type, path: Path, row: Any = None) -> Any
     return value
 
 
-def _name_list(values: Any, path: Path, column: str, row_prefix: str = "") -> list[str]:
-    """A non-empty list of non-empty strings without duplicates."""
+def _name_list(
+    values: Any, path: Path, column: str, row_prefix: str = "", key: Callable[[str], str] = str.casefold
+) -> list[str]:
+    """A non-empty list of non-empty strings, no two with the same `key` (by default: ignoring case)."""
     if not isinstance(values, list) or not values:
         raise TableError(path, "expected a non-empty list of names", row=row_prefix or None, column=column)
     seen: dict[str, int] = {}
@@ -146,12 +148,12 @@ def _name_list(values: Any, path: Path, column: str, row_prefix: str = "") -> li
         row = f"{row_prefix}[{i}]" if row_prefix else i
         if not isinstance(value, str) or not value.strip():
             raise TableError(path, f"expected a non-empty name, got {value!r}", row=row, column=column)
-        key = value.strip().casefold()
-        if key in seen:
+        identity = key(value.strip())
+        if identity in seen:
             raise TableError(
-                path, f"duplicate key {value!r} (first at index {seen[key]})", row=row, column=column
+                path, f"duplicate key {value!r} (first at index {seen[identity]})", row=row, column=column
             )
-        seen[key] = i
+        seen[identity] = i
     return [v.strip() for v in values]
 
 
@@ -250,8 +252,7 @@ def build_tables(raw_dir: str | Path, rules: Canonicaliser) -> SourceTables:
 
 
 def read_equipment_classes(path: Path) -> pd.DataFrame:
-    names = _name_list(read_json(path), path, column="equipment_class")
-    check_unique_keys([asset_key(n) for n in names], path, column="equipment_class")
+    names = _name_list(read_json(path), path, column="equipment_class", key=asset_key)
     return pd.DataFrame(
         {
             "equipment_class": [asset_display_name(n) for n in names],
@@ -262,17 +263,8 @@ def read_equipment_classes(path: Path) -> pd.DataFrame:
 
 
 def read_eval_assets(path: Path) -> pd.DataFrame:
-    names = _name_list(read_json(path), path, column="asset")
-    check_unique_keys([asset_key(n) for n in names], path, column="asset")
+    names = _name_list(read_json(path), path, column="asset", key=asset_key)
     return pd.DataFrame({"asset": [asset_display_name(n) for n in names], "name_raw": names})
-
-
-def check_unique_keys(keys: list[str], path: Path, column: str) -> None:
-    first: dict[str, int] = {}
-    for i, key in enumerate(keys):
-        if key in first:
-            raise TableError(path, f"duplicate key {key!r} (first at row {first[key]})", row=i, column=column)
-        first[key] = i
 
 
 def check_disjoint(
