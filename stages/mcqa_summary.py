@@ -1,0 +1,15 @@
+"""Stage mcqa_summary: one Markdown table comparing every evaluated student.
+
+python stages/mcqa_summary.py <mcqa_metrics_dir> <summary.md>
+"""
+
+import json
+import sys
+from pathlib import Path
+
+from alia.scoring import summary_table
+
+metrics_dir, summary_file = Path(sys.argv[1]), Path(sys.argv[2])
+results = {path.stem: json.loads(path.read_text()) for path in sorted(metrics_dir.glob("*.json"))}
+summary_file.write_text(summary_table(results))
+print(summary_file.read_text())

@@ -1,0 +1,155 @@
+"""Student training: examples and replay, the adapter round-trip, resuming after a crash."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from alia.scoring import load_model
+from alia.student import play_passages, read_corpus, train_adapter, training_examples
+
+LORA = {"r": 4, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+TRAINING = {
+    "epochs": 1,
+    "max_steps": 4,
+    "batch_size": 2,
+    "gradient_accumulation_steps": 1,
+    "learning_rate": 5e-2,
+    "lr_scheduler": "constant",
+    "warmup_ratio": 0.0,
+    "weight_decay": 0.0,
+    "optim": "adamw_torch",
+    "dtype": "float32",
+    "bf16": False,
+    "activation_checkpointing": False,
+    "max_length": 64,
+    "save_steps": 2,
+    "seed": 0,
+}
+DOCUMENTS = pd.DataFrame(
+    {"text": [f"Document {i}: vibration monitoring reveals bearing wear in pump {i}." * 3 for i in range(9)]}
+)
+QA = pd.DataFrame(
+    {
+        "question": ["Which sensor detects bearing wear?", "What does oil debris reveal?"],
+        "answer": ["Vibration.", "Gear and bearing wear."],
+        "context": ["", "Oil debris analysis counts wear particles."],
+    }
+)
+
+
+def test_replay_passages_are_plain_text_from_the_plays():
+    passages = play_passages()
+    assert len(passages) > 20_000 and len({title for title, _ in passages}) == 38  # 38 plays
+    assert not any(speech.startswith(("#", "**", "_")) or "**" in speech for _, speech in passages[:2000])
+
+
+def test_text_examples_with_a_tenth_of_replay():
+    examples, counts = training_examples(DOCUMENTS, "text", replay_fraction=0.1, seed=0)
+    assert counts == {"corpus_examples": 9, "replay_examples": 1}  # 1 of 10
+    replay = [e["text"] for e in examples if not e["text"].startswith("Document")]
+    assert len(replay) == 1 and len(replay[0]) > 100
+    assert training_examples(DOCUMENTS, "text", 0.1, seed=0) == (examples, counts)  # seeded
+    assert training_examples(DOCUMENTS, "text", 0.5, documents=3, seed=0)[1] == {
+        "corpus_examples": 3,
+        "replay_examples": 3,
+    }
+    assert training_examples(DOCUMENTS, "text", 0.0)[1]["replay_examples"] == 0
+    with pytest.raises(ValueError, match="replay fraction"):
+        training_examples(DOCUMENTS, "text", 1.0)
+
+
+def test_chat_examples_put_a_raft_context_in_the_user_turn():
+    examples, counts = training_examples(QA, "chat", replay_fraction=0.0)
+    assert counts["corpus_examples"] == 2
+    by_answer = {e["completion"][0]["content"]: e["prompt"][0]["content"] for e in examples}
+    assert by_answer["Vibration."] == "Which sensor detects bearing wear?"
+    assert by_answer["Gear and bearing wear."] == (
+        "Oil debris analysis counts wear particles.\n\nWhat does oil debris reveal?"
+    )
+    with pytest.raises(ValueError, match="QA records"):
+        training_examples(DOCUMENTS, "chat")
+
+
+def test_a_corpus_folder_is_every_parquet_file_in_it(tmp_path):
+    DOCUMENTS.head(2).to_parquet(tmp_path / "a.parquet")
+    DOCUMENTS.tail(3).to_parquet(tmp_path / "b.parquet")
+    assert len(read_corpus(tmp_path)) == 5
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="empty: no Parquet corpus files"):
+        read_corpus(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="missing.parquet: no such corpus"):
+        read_corpus(tmp_path / "missing.parquet")
+
+
+def test_adapter_round_trip(tiny_lm, tmp_path):
+    """The saved adapter is all PeftModel needs, and it changes the model."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    examples, _ = training_examples(DOCUMENTS, "text", 0.0)
+    result = train_adapter(tiny_lm, examples, "text", tmp_path / "adapter", tmp_path / "ckpt", LORA, TRAINING)
+    assert result["steps"] == 4 and len(result["losses"]) == 4 and result["resumed_from_step"] == 0
+    assert result["last_loss"] < result["first_loss"]  # a high rate on one repeated sentence: it learns
+    assert not (tmp_path / "ckpt").exists()  # finished: no checkpoint left to resume
+    adapter = tmp_path / "adapter"
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == str(
+        tiny_lm
+    )
+    assert (adapter / "adapter_model.safetensors").stat().st_size < 200_000  # the adapter, not the model
+
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    base = AutoModelForCausalLM.from_pretrained(tiny_lm)
+    with torch.no_grad():
+        base_logits = base(ids).logits
+        peft_logits = PeftModel.from_pretrained(base, adapter)(ids).logits
+        merged_logits = load_model(adapter, "float32")[0](ids).logits
+    torch.testing.assert_close(merged_logits, peft_logits, rtol=1e-4, atol=1e-4)
+    assert (peft_logits - base_logits).abs().max() > 1e-2
+
+
+class CrashAfter(TrainerCallback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt(f"simulated crash after step {self.step}")
+
+
+@pytest.fixture
+def crashed_run(tiny_lm, tmp_path) -> dict:
+    """A training run that crashed after step 3, with a checkpoint at step 2; its arguments."""
+    examples, _ = training_examples(DOCUMENTS, "text", 0.0)
+    run = dict(
+        base_model=tiny_lm,
+        examples=examples,
+        fmt="text",
+        out_dir=tmp_path / "adapter",
+        checkpoint_dir=tmp_path / "ckpt",
+        lora=LORA,
+    )
+    with pytest.raises(KeyboardInterrupt):
+        train_adapter(**run, training=TRAINING, callbacks=[CrashAfter(3)])
+    return run
+
+
+def test_resume_after_interruption(crashed_run, tmp_path):
+    assert sorted(p.name for p in (tmp_path / "ckpt").glob("checkpoint-*")) == ["checkpoint-2"]
+    assert not (tmp_path / "adapter").exists()
+
+    resumed = train_adapter(**crashed_run, training=TRAINING)
+    assert resumed["resumed_from_step"] == 2 and resumed["steps"] == 4
+    uninterrupted = train_adapter(**crashed_run | {"out_dir": tmp_path / "again"}, training=TRAINING)
+    assert uninterrupted["resumed_from_step"] == 0
+    # the resumed run continued the same optimisation: same last loss as a run never interrupted
+    assert resumed["last_loss"] == pytest.approx(uninterrupted["last_loss"], rel=1e-4)
+
+
+def test_checkpoints_of_another_training_are_not_resumed(crashed_run, tmp_path):
+    changed = train_adapter(**crashed_run, training=TRAINING | {"learning_rate": 1e-2})
+    assert changed["resumed_from_step"] == 0 and changed["steps"] == 4
+    assert Path(tmp_path / "adapter" / "adapter_config.json").exists()
