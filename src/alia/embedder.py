@@ -1,0 +1,216 @@
+"""The industrial embedder: contrastive fine-tuning of a sentence-transformers model on the tasks of
+alia.embed_tasks, and its retrieval metrics next to the base model and BM25.
+
+Metrics are sentence-transformers' InformationRetrievalEvaluator's (accuracy@1 = HIT@1, MAP@100,
+NDCG@10, binary relevance, ties broken by item id); `ranking_metrics` computes the same numbers from
+any ranking, so that BM25 is scored exactly as the embedders are.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from sentence_transformers.base.sampler import DefaultBatchSampler
+
+LOSSES = ("contrastive", "mnrl")
+METRICS = {"hit@1": "accuracy@1", "map@100": "map@100", "ndcg@10": "ndcg@10"}  # ours -> the evaluator's key
+
+
+# --- training data -----------------------------------------------------------------------------
+
+
+def training_pairs(tasks: pd.DataFrame, loss: str, negatives_per_query: int, seed: int) -> pd.DataFrame:
+    """The train split as pairs: (query, item, label 1/0) for `contrastive`, (anchor, positive) for `mnrl`."""
+    if loss not in LOSSES:
+        raise ValueError(f"loss {loss!r}: expected one of {LOSSES}")
+    rng = np.random.default_rng(seed)
+    rows = []
+    for query in tasks[tasks["split"] == "train"].itertuples():
+        relevant = list(query.relevant)
+        if loss == "mnrl":
+            rows += [{"anchor": query.query, "positive": item} for item in relevant]
+            continue
+        rows += [{"sentence1": query.query, "sentence2": item, "label": 1.0} for item in relevant]
+        others = [c for c in query.candidates if c not in set(relevant)]
+        for j in rng.choice(len(others), min(negatives_per_query, len(others)), replace=False):
+            rows.append({"sentence1": query.query, "sentence2": others[j], "label": 0.0})
+    return pd.DataFrame(rows)
+
+
+class BalancedBatchSampler(DefaultBatchSampler):
+    """Batches with round(pos_ratio * batch_size) positive pairs (label 1) and negatives for the rest,
+    each pool shuffled every epoch; the epoch ends when a pool runs out."""
+
+    def __init__(
+        self, dataset, batch_size: int, drop_last: bool, pos_ratio: float = 0.5, **kwargs: Any
+    ) -> None:  # noqa: ANN001
+        super().__init__(dataset, batch_size=batch_size, drop_last=drop_last, **kwargs)
+        if not 0 <= pos_ratio <= 1:
+            raise ValueError(f"pos_ratio {pos_ratio}: expected a fraction in [0, 1]")
+        labels = np.asarray(dataset["label"], dtype=float)
+        self.positives, self.negatives = np.flatnonzero(labels > 0.5), np.flatnonzero(labels <= 0.5)
+        self.n_pos = round(pos_ratio * batch_size)
+        self.n_neg = batch_size - self.n_pos
+        if (self.n_pos and not len(self.positives)) or (self.n_neg and not len(self.negatives)):
+            raise ValueError(f"pos_ratio {pos_ratio} needs both positive and negative pairs")
+
+    def __len__(self) -> int:
+        per_pool = [len(p) // n for p, n in ((self.positives, self.n_pos), (self.negatives, self.n_neg)) if n]
+        return min(per_pool)
+
+    def __iter__(self):  # noqa: ANN204
+        rng = np.random.default_rng(self.seed + getattr(self, "epoch", 0))
+        positives, negatives = rng.permutation(self.positives), rng.permutation(self.negatives)
+        for b in range(len(self)):
+            batch = [
+                *positives[b * self.n_pos : (b + 1) * self.n_pos],
+                *negatives[b * self.n_neg : (b + 1) * self.n_neg],
+            ]
+            yield [int(i) for i in rng.permutation(batch)]
+
+
+# --- evaluation --------------------------------------------------------------------------------
+
+
+def retrieval_data(
+    tasks: pd.DataFrame, task: str, split: str
+) -> tuple[dict[str, str], dict[str, str], dict[str, set[str]]]:
+    """queries {id: text}, corpus {id: item} (the task's candidates) and relevant {query id: item ids}."""
+    rows = tasks[(tasks["task"] == task) & (tasks["split"] == split)]
+    items = sorted({c for cs in tasks.loc[tasks["task"] == task, "candidates"] for c in cs})
+    corpus = {f"{task}-item-{i:04d}": item for i, item in enumerate(items)}
+    item_id = {item: cid for cid, item in corpus.items()}
+    queries = dict(zip(rows["query_id"], rows["query"], strict=True))
+    relevant = {q: {item_id[i] for i in r} for q, r in zip(rows["query_id"], rows["relevant"], strict=True)}
+    return queries, corpus, relevant
+
+
+def ranking_metrics(scores: dict[str, dict[str, float]], relevant: dict[str, set[str]]) -> dict[str, float]:
+    """HIT@1, MAP@100 and NDCG@10 of per-query item scores, as InformationRetrievalEvaluator computes them."""
+    hit, ap, ndcg = [], [], []
+    for query, item_scores in scores.items():
+        ranked = sorted(item_scores, key=lambda cid: (-item_scores[cid], cid))
+        gold = relevant[query]
+        hits = [cid in gold for cid in ranked]
+        hit.append(float(hits[0]))
+        found, precision_sum = 0, 0.0
+        for rank, is_hit in enumerate(hits[:100]):
+            if is_hit:
+                found += 1
+                precision_sum += found / (rank + 1)
+        ap.append(precision_sum / min(100, len(gold)))
+        dcg = sum(1 / math.log2(i + 2) for i, is_hit in enumerate(hits[:10]) if is_hit)
+        ndcg.append(dcg / sum(1 / math.log2(i + 2) for i in range(min(len(gold), 10))))
+    return {"hit@1": float(np.mean(hit)), "map@100": float(np.mean(ap)), "ndcg@10": float(np.mean(ndcg))}
+
+
+def embedder_metrics(model: Any, tasks: pd.DataFrame, split: str, batch_size: int = 64) -> dict[str, dict]:
+    """Per task, sentence-transformers' InformationRetrievalEvaluator on `split` (cosine similarity)."""
+    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+
+    results = {}
+    for task in sorted(tasks["task"].unique()):
+        queries, corpus, relevant = retrieval_data(tasks, task, split)
+        if not queries:
+            continue
+        evaluator = InformationRetrievalEvaluator(
+            queries, corpus, relevant, name=task, accuracy_at_k=[1], precision_recall_at_k=[1], mrr_at_k=[10],
+            ndcg_at_k=[10], map_at_k=[100], batch_size=batch_size, write_csv=False,
+        )  # fmt: skip
+        scores = evaluator(model)
+        results[task] = {
+            ours: round(float(scores[f"{task}_cosine_{theirs}"]), 4) for ours, theirs in METRICS.items()
+        } | {"queries": len(queries)}
+    return results
+
+
+def bm25_metrics(tasks: pd.DataFrame, split: str) -> dict[str, dict]:
+    """Per task, BM25 (bm25s, Lucene scoring) over the task's items, scored by `ranking_metrics`."""
+    import bm25s
+
+    results = {}
+    for task in sorted(tasks["task"].unique()):
+        queries, corpus, relevant = retrieval_data(tasks, task, split)
+        if not queries:
+            continue
+        ids = list(corpus)
+        retriever = bm25s.BM25()
+        retriever.index(bm25s.tokenize(list(corpus.values()), show_progress=False), show_progress=False)
+        scores = {}
+        for qid, text in queries.items():
+            item_scores = retriever.get_scores(bm25s.tokenize(text, show_progress=False, return_ids=False)[0])
+            scores[qid] = dict(zip(ids, map(float, item_scores), strict=True))
+        results[task] = {k: round(v, 4) for k, v in ranking_metrics(scores, relevant).items()} | {
+            "queries": len(queries)
+        }
+    return results
+
+
+def macro_average(results: dict[str, dict]) -> dict[str, float]:
+    return {m: round(float(np.mean([r[m] for r in results.values()])), 4) for m in METRICS}
+
+
+# --- training ----------------------------------------------------------------------------------
+
+
+def train_embedder(
+    base_model: str | Path,
+    tasks: pd.DataFrame,
+    out_dir: str | Path,
+    params: dict[str, Any],
+    report_to: list[str] | None = None,
+) -> dict[str, Any]:
+    """Fine-tune `base_model` on the train split with the loss in params; save it (sentence-transformers
+    format) to `out_dir`. Returns the loss per step."""
+    from datasets import Dataset
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
+    from sentence_transformers.base.sampler import BatchSamplers
+    from sentence_transformers.sentence_transformer import losses
+
+    torch.manual_seed(params["seed"])
+    model = SentenceTransformer(str(base_model), device="cuda" if torch.cuda.is_available() else "cpu")
+    pairs = training_pairs(tasks, params["loss"], params["negatives_per_query"], params["seed"])
+    if params["loss"] == "contrastive":
+        loss = losses.ContrastiveLoss(model, margin=params["margin"])
+        sampler = partial(BalancedBatchSampler, pos_ratio=params["pos_ratio"])
+    else:
+        loss = losses.MultipleNegativesRankingLoss(model)
+        sampler = BatchSamplers.NO_DUPLICATES  # an in-batch negative must not be another positive
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(Path(out_dir).parent / f".{Path(out_dir).name}-checkpoints"),
+        num_train_epochs=params["epochs"],
+        per_device_train_batch_size=params["batch_size"],
+        learning_rate=params["learning_rate"],
+        warmup_steps=params["warmup_ratio"],
+        seed=params["seed"],
+        batch_sampler=sampler,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=report_to or [],
+        use_cpu=not torch.cuda.is_available(),
+    )
+    trainer = SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=Dataset.from_pandas(pairs, preserve_index=False), loss=loss
+    )
+    result = trainer.train()
+    model.save_pretrained(str(out_dir))
+    losses_per_step = [
+        {"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h
+    ]
+    return {
+        "pairs": len(pairs),
+        "steps": trainer.state.global_step,
+        "train_loss": round(result.training_loss, 4),
+        "runtime_s": round(result.metrics["train_runtime"], 1),
+        "losses": losses_per_step,
+    }
