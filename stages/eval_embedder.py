@@ -53,6 +53,12 @@ for path, content in ((metrics_file, metrics), (plot_file, plot_rows)):
 
 with start_run("eval_embedder", params):
     mlflow.log_metrics(
-        {f"{s}.{t}.{m}": v[m] for s, by in metrics.items() for t, v in by.items() for m in METRICS}
+        # MLflow names allow no "@": hit@1 is logged as hit_at_1
+        {
+            f"{s}.{t}.{m.replace('@', '_at_')}": v[m]
+            for s, by in metrics.items()
+            for t, v in by.items()
+            for m in METRICS
+        }
     )
 print(table_file.read_text())
