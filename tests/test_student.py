@@ -72,6 +72,11 @@ def test_chat_examples_put_a_raft_context_in_the_user_turn():
     )
     with pytest.raises(ValueError, match="QA records"):
         training_examples(DOCUMENTS, "chat")
+    as_text, _ = training_examples(QA.drop(columns="context"), "text", replay_fraction=0.0)
+    assert sorted(e["text"] for e in as_text) == [
+        "What does oil debris reveal?\nGear and bearing wear.",
+        "Which sensor detects bearing wear?\nVibration.",
+    ]
 
 
 def test_a_corpus_folder_is_every_parquet_file_in_it(tmp_path):
@@ -96,9 +101,9 @@ def test_adapter_round_trip(tiny_lm, tmp_path):
     assert result["last_loss"] < result["first_loss"]  # a high rate on one repeated sentence: it learns
     assert not (tmp_path / "ckpt").exists()  # finished: no checkpoint left to resume
     adapter = tmp_path / "adapter"
-    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == str(
-        tiny_lm
-    )
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(tiny_lm)
+    assert config["target_modules"] == ["q_proj", "v_proj"]  # sorted: the same training, the same bytes
     assert (adapter / "adapter_model.safetensors").stat().st_size < 200_000  # the adapter, not the model
 
     ids = torch.tensor([[1, 2, 3, 4, 5]])

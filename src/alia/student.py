@@ -107,19 +107,17 @@ def training_examples(
         if "text" in corpus:
             texts = corpus["text"].tolist()
         else:  # QA records as plain text: context, question, answer
-            context = corpus["context"].fillna("")
-            texts = (
-                context.where(context == "", context + "\n\n") + corpus["question"] + "\n" + corpus["answer"]
-            ).tolist()
+            texts = [
+                f"{c}\n\n{q}\n{a}" if c else f"{q}\n{a}"
+                for q, a, c in zip(corpus["question"], corpus["answer"], _contexts(corpus), strict=True)
+            ]
         examples = [{"text": t} for t in texts]
     else:
         if not {"question", "answer"} <= set(corpus):
             raise ValueError("format 'chat' needs QA records (columns question, answer)")
         examples = [
             _chat_example(f"{c}\n\n{q}" if c else q, a)
-            for q, a, c in zip(
-                corpus["question"], corpus["answer"], corpus.get("context", "").fillna(""), strict=True
-            )
+            for q, a, c in zip(corpus["question"], corpus["answer"], _contexts(corpus), strict=True)
         ]
     mean_chars = int(np.mean([len(json.dumps(e)) for e in examples])) if examples else 0
     n_replay = round(replay_fraction / (1 - replay_fraction) * len(examples))
@@ -135,6 +133,11 @@ def training_examples(
     order = np.random.default_rng(seed).permutation(len(examples))
     counts = {"corpus_examples": len(examples) - len(replay), "replay_examples": len(replay)}
     return [examples[i] for i in order], counts
+
+
+def _contexts(corpus: pd.DataFrame) -> list[str]:
+    """A RAFT record's context; "" for plain QA records (and corpora without the column)."""
+    return corpus["context"].fillna("").tolist() if "context" in corpus else [""] * len(corpus)
 
 
 def _chat_example(user: str, assistant: str) -> dict:
@@ -163,6 +166,15 @@ def last_checkpoint(checkpoint_dir: Path, expected: str) -> str | None:
     checkpoint_dir.mkdir(parents=True)
     stamp.write_text(json.dumps({"fingerprint": expected}) + "\n")
     return None
+
+
+def sort_target_modules(config_file: Path) -> None:
+    """peft writes target_modules from a set, in a different order in every process: sorted, the same
+    training gives a byte-identical adapter (and DVC hash)."""
+    config = json.loads(config_file.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True))
 
 
 def train_adapter(
@@ -238,6 +250,8 @@ def train_adapter(
     )
     result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(str(out_dir))  # the adapter (and tokenizer) only: PeftModel.from_pretrained loads it
+    if trainer.is_world_process_zero():
+        sort_target_modules(Path(out_dir) / "adapter_config.json")
     losses = [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h]
     if trainer.is_world_process_zero():
         shutil.rmtree(checkpoint_dir, ignore_errors=True)  # finished: nothing left to resume
