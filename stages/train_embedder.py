@@ -18,7 +18,8 @@ tasks_file, out_dir, metrics_file, plot_file = map(Path, sys.argv[1:5])
 params = load_params("train_embedder")
 tasks = pd.read_parquet(tasks_file)
 
-with start_run("train_embedder", params):
+# under their section's name: the Trainer's MLflow callback logs its own learning_rate, seed, ...
+with start_run("train_embedder", {"train_embedder": params}):
     result = train_embedder(params["base_model"], tasks, out_dir, params, report_to=["mlflow"])
     mlflow.log_metrics({k: v for k, v in result.items() if isinstance(v, int | float)})
 metrics = {k: v for k, v in result.items() if k != "losses"}

@@ -103,8 +103,8 @@ def test_training_pairs(tasks):
 @pytest.mark.parametrize("loss", ["contrastive", "mnrl"])
 def test_the_fine_tuned_model_reloads(tasks, tmp_path, loss):
     small = tasks[tasks["task"].isin(["E2CAT", "FM2CLS"])]
-    params = {"loss": loss, "pos_ratio": 0.5, "negatives_per_query": 2, "margin": 0.5, "epochs": 1,
-              "batch_size": 8, "learning_rate": 1e-4, "warmup_ratio": 0.0, "seed": 0}  # fmt: skip
+    params = {"loss": loss, "pos_ratio": 0.5, "negatives_per_query": 2, "margin": 0.5, "epochs": 1}
+    params |= {"batch_size": 8, "learning_rate": 1e-4, "warmup_ratio": 0.0, "seed": 0}
     result = train_embedder(MINILM, small, tmp_path / "embedder", params)
     assert result["steps"] > 0 and len(result["losses"]) == result["steps"]
     reloaded = SentenceTransformer(str(tmp_path / "embedder"))
@@ -112,3 +112,18 @@ def test_the_fine_tuned_model_reloads(tasks, tmp_path, loss):
     sentence = ["Which sensors detect bearing wear in a pump?"]
     assert not np.allclose(reloaded.encode(sentence), base.encode(sentence), atol=1e-4)  # it trained
     assert (tmp_path / "embedder" / "modules.json").exists()  # sentence-transformers format
+
+
+def test_a_decoder_embedder_trains_a_lora_adapter_with_last_token_pooling(tiny_lm, tasks, tmp_path):
+    small = tasks[tasks["task"] == "E2CAT"]
+    lora = {"r": 4, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+    params = {"loss": "mnrl", "epochs": 1, "batch_size": 4, "learning_rate": 1e-3, "warmup_ratio": 0.0}
+    params |= {"seed": 0, "negatives_per_query": 0, "lora": lora}
+    result = train_embedder(tiny_lm, small, tmp_path / "decoder", params)
+    # 2 layers x (q_proj 32->32: A 4x32 + B 32x4; v_proj 32->16, 2 kv heads: A 4x32 + B 16x4)
+    assert result["steps"] > 0 and result["trainable_params"] == 2 * (4 * 32 + 32 * 4 + 4 * 32 + 16 * 4)
+    saved = tmp_path / "decoder"
+    assert (saved / "adapter_config.json").exists() and not (saved / "model.safetensors").exists()
+    reloaded = SentenceTransformer(str(saved))
+    assert reloaded[1].pooling_mode == "lasttoken"
+    assert reloaded.encode(["Which sensors detect bearing wear?"]).shape == (1, 32)

@@ -120,9 +120,18 @@ def embedder_metrics(model: Any, tasks: pd.DataFrame, split: str, batch_size: in
         if not queries:
             continue
         evaluator = InformationRetrievalEvaluator(
-            queries, corpus, relevant, name=task, accuracy_at_k=[1], precision_recall_at_k=[1], mrr_at_k=[10],
-            ndcg_at_k=[10], map_at_k=[100], batch_size=batch_size, write_csv=False,
-        )  # fmt: skip
+            queries,
+            corpus,
+            relevant,
+            name=task,
+            accuracy_at_k=[1],
+            precision_recall_at_k=[1],
+            mrr_at_k=[10],
+            ndcg_at_k=[10],
+            map_at_k=[100],
+            batch_size=batch_size,
+            write_csv=False,
+        )
         scores = evaluator(model)
         results[task] = {
             ours: round(float(scores[f"{task}_cosine_{theirs}"]), 4) for ours, theirs in METRICS.items()
@@ -167,7 +176,7 @@ def train_embedder(
     report_to: list[str] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune `base_model` on the train split with the loss in params; save it (sentence-transformers
-    format) to `out_dir`. Returns the loss per step."""
+    format; only the adapter with `lora`) to `out_dir`. Returns the loss per step."""
     from datasets import Dataset
     from sentence_transformers import (
         SentenceTransformer,
@@ -178,7 +187,21 @@ def train_embedder(
     from sentence_transformers.sentence_transformer import losses
 
     torch.manual_seed(params["seed"])
+    # A causal LM checkpoint (e.g. models/base/student_instruct) loads with last-token pooling
     model = SentenceTransformer(str(base_model), device="cuda" if torch.cuda.is_available() else "cpu")
+    if params.get("lora"):  # decoder embedders: train a LoRA adapter, the base stays frozen
+        from peft import LoraConfig
+
+        lora = params["lora"]
+        model.add_adapter(
+            LoraConfig(
+                r=lora["r"],
+                lora_alpha=lora["alpha"],
+                lora_dropout=lora["dropout"],
+                target_modules=lora["target_modules"],
+                task_type="FEATURE_EXTRACTION",
+            )
+        )
     pairs = training_pairs(tasks, params["loss"], params["negatives_per_query"], params["seed"])
     if params["loss"] == "contrastive":
         loss = losses.ContrastiveLoss(model, margin=params["margin"])
@@ -209,6 +232,7 @@ def train_embedder(
     ]
     return {
         "pairs": len(pairs),
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "steps": trainer.state.global_step,
         "train_loss": round(result.training_loss, 4),
         "runtime_s": round(result.metrics["train_runtime"], 1),
