@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from alia.scoring import build_prompts, choose, load_model, loglikelihoods, prompt_style
+from alia.scoring import build_prompts, choose, load_model, option_loglikelihoods, prompt_style
 
 TASK = """\
 task: alia_mcqa
@@ -45,15 +45,11 @@ def alia_scores(
     style = prompt_style(tokenizer)
     rows = build_prompts(questions, style, tokenizer)
     start = time.perf_counter()
-    pairs = [(r.context, style.delimiter + o) for r in rows.itertuples() for o in r.options]
-    flat = loglikelihoods(model, tokenizer, pairs, batch_size)
+    lls = option_loglikelihoods(model, tokenizer, rows, style, batch_size)
     seconds = time.perf_counter() - start
-    bounds = np.cumsum([0] + [len(o) for o in rows["options"]])
-    picks = [
-        choose(flat[a:b], list(o)) for a, b, o in zip(bounds[:-1], bounds[1:], rows["options"], strict=True)
-    ]
+    picks = [choose(ll, list(o)) for ll, o in zip(lls, rows["options"], strict=True)]
     rows["pred"], rows["pred_norm"] = zip(*picks, strict=True)
-    rows["lls"] = [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    rows["lls"] = lls
     rows["delimiter"] = style.delimiter
     return rows, seconds
 

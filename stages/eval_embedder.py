@@ -12,7 +12,7 @@ import mlflow
 import pandas as pd
 from sentence_transformers import SentenceTransformer
 
-from alia.embedder import METRICS, bm25_metrics, embedder_metrics, macro_average
+from alia.embedder import METRICS, bm25_metrics, embedder_metrics, macro_average, results_table
 from alia.params import load_params
 from alia.tracking import start_run
 
@@ -30,18 +30,7 @@ results = {
 }
 metrics = {system: {"macro": macro_average(by_task), **by_task} for system, by_task in results.items()}
 
-lines = [f"# Embedder: {params['split']} split, per task", ""]
-lines.append("| task | queries | " + " | ".join(f"{m} {s}" for m in METRICS for s in results) + " |")
-lines.append("|---" * (2 + len(METRICS) * len(results)) + "|")
-for task in [*sorted(results["base"]), "macro"]:
-    queries = (
-        results["base"][task]["queries"]
-        if task != "macro"
-        else sum(r["queries"] for r in results["base"].values())
-    )
-    cells = [f"{metrics[s][task][m]:.3f}" for m in METRICS for s in results]
-    lines.append(f"| {task} | {queries} | " + " | ".join(cells) + " |")
-table_file.write_text("\n".join(lines) + "\n")
+table_file.write_text(results_table(metrics, params["split"]))
 plot_rows = [
     {"task": f"{task} {system}", "ndcg@10": metrics[system][task]["ndcg@10"]}
     for system in results

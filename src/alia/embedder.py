@@ -33,11 +33,12 @@ def training_pairs(tasks: pd.DataFrame, loss: str, negatives_per_query: int, see
     rows = []
     for query in tasks[tasks["split"] == "train"].itertuples():
         relevant = list(query.relevant)
+        relevant_set = set(relevant)
         if loss == "mnrl":
             rows += [{"anchor": query.query, "positive": item} for item in relevant]
             continue
         rows += [{"sentence1": query.query, "sentence2": item, "label": 1.0} for item in relevant]
-        others = [c for c in query.candidates if c not in set(relevant)]
+        others = [c for c in query.candidates if c not in relevant_set]
         for j in rng.choice(len(others), min(negatives_per_query, len(others)), replace=False):
             rows.append({"sentence1": query.query, "sentence2": others[j], "label": 0.0})
     return pd.DataFrame(rows)
@@ -163,6 +164,19 @@ def bm25_metrics(tasks: pd.DataFrame, split: str) -> dict[str, dict]:
 
 def macro_average(results: dict[str, dict]) -> dict[str, float]:
     return {m: round(float(np.mean([r[m] for r in results.values()])), 4) for m in METRICS}
+
+
+def results_table(metrics: dict[str, dict], split: str) -> str:
+    """Markdown: a row per task (and the macro average), a column per metric and system."""
+    systems = list(metrics)
+    tasks = {t: r["queries"] for t, r in metrics[systems[0]].items() if t != "macro"}
+    lines = [f"# Embedder: {split} split, per task", ""]
+    lines.append("| task | queries | " + " | ".join(f"{m} {s}" for m in METRICS for s in systems) + " |")
+    lines.append("|---" * (2 + len(METRICS) * len(systems)) + "|")
+    for task, queries in [*sorted(tasks.items()), ("macro", sum(tasks.values()))]:
+        cells = [f"{metrics[s][task][m]:.3f}" for m in METRICS for s in systems]
+        lines.append(f"| {task} | {queries} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 # --- training ----------------------------------------------------------------------------------

@@ -263,6 +263,22 @@ def bootstrap_ci(values: np.ndarray, resamples: int = 1000, seed: int = 0) -> li
     return [round(float(v), 4) for v in np.percentile(means, [2.5, 97.5])]
 
 
+def option_loglikelihoods(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: pd.DataFrame,
+    style: PromptStyle,
+    batch_size: int = 8,
+    desc: str = "log-likelihood",
+) -> list[np.ndarray]:
+    """Per question of `build_prompts`' rows, the log-likelihood of each option after its context
+    (every option of every question in one batched pass)."""
+    pairs = [(r.context, style.delimiter + o) for r in rows.itertuples() for o in r.options]
+    flat = loglikelihoods(model, tokenizer, pairs, batch_size, desc=desc)
+    bounds = np.cumsum([0] + [len(o) for o in rows["options"]])
+    return [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
 def score_questions(
     model: Any,
     tokenizer: PreTrainedTokenizerBase,
@@ -277,10 +293,7 @@ def score_questions(
     """One row per question with the model's picks and whether they are right."""
     rows = build_prompts(questions, style, tokenizer, seed)
     if "loglikelihood" in modes:
-        pairs = [(r.context, style.delimiter + o) for r in rows.itertuples() for o in r.options]
-        flat = loglikelihoods(model, tokenizer, pairs, batch_size, desc=f"{desc} log-likelihood")
-        bounds = np.cumsum([0] + [len(o) for o in rows["options"]])
-        lls = [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        lls = option_loglikelihoods(model, tokenizer, rows, style, batch_size, f"{desc} log-likelihood")
         picks = [choose(ll, list(o)) for ll, o in zip(lls, rows["options"], strict=True)]
         rows["option_loglikelihoods"] = [ll.round(4).tolist() for ll in lls]
         rows["pred"] = [p for p, _ in picks]
