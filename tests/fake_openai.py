@@ -5,7 +5,8 @@ What it does for a request is scripted by markers in the last user message:
     [429x1]    the same with HTTP 429 (rate limited)
     [500xinf]  always HTTP 500
     [sleep=0.5] wait 0.5 s before answering (a slow server; past the client's timeout, a time-out)
-Otherwise it answers `answer(messages)`, by default "answer to: <last user message>".
+Otherwise it answers `answer(messages)`, by default "answer to: <last user message>"; an `answer`
+that returns a dict returns that message instead (e.g. {"content": None, "tool_calls": [...]}).
 Every request is recorded (prompt text and Authorization header), so tests can count calls.
 
 Run as a script (`python tests/fake_openai.py PORT`) it serves until killed; each request is then
@@ -33,7 +34,9 @@ def default_answer(messages: list[dict]) -> str:
 
 
 class FakeOpenAI:
-    def __init__(self, answer: Callable[[list[dict]], str] = default_answer, log_path: str | None = None):
+    def __init__(
+        self, answer: Callable[[list[dict]], str | dict] = default_answer, log_path: str | None = None
+    ):
         self.answer = answer
         self.log_path = log_path
         self.requests: list[dict] = []
@@ -82,7 +85,13 @@ class FakeOpenAI:
                         int(fail.group(1)), {"error": {"message": "scripted failure", "type": "server_error"}}
                     )
                     return
-                text = fake.answer(body["messages"])
+                reply = fake.answer(body["messages"])
+                message = (
+                    {"role": "assistant", **reply}
+                    if isinstance(reply, dict)
+                    else {"role": "assistant", "content": reply}
+                )
+                text = message.get("content") or ""
                 self._send(
                     200,
                     {
@@ -93,8 +102,8 @@ class FakeOpenAI:
                         "choices": [
                             {
                                 "index": 0,
-                                "finish_reason": "stop",
-                                "message": {"role": "assistant", "content": text},
+                                "finish_reason": "tool_calls" if message.get("tool_calls") else "stop",
+                                "message": message,
                             }
                         ],
                         "usage": {

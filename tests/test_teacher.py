@@ -255,3 +255,34 @@ def test_real_local_server_answers_and_is_stopped(tmp_path):
     with Teacher(cfg, tmp_path / "cache.sqlite") as teacher:  # warm: the server is never started
         assert [a.text for a in teacher.ask(questions)] == [a.text for a in answers]
         assert teacher.server is None
+
+
+def test_chat_caches_tool_calls_and_request_fields(tmp_path):
+    def calls_a_tool(messages):
+        call = {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": '{"q": "pump"}'}}
+        return {"content": "Looking it up.", "tool_calls": [call]}
+
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+    with FakeOpenAI(calls_a_tool) as server:
+        for _ in range(2):  # the second time from the cache
+            with Teacher(config(server), tmp_path / "cache.sqlite") as teacher:
+                answer = teacher.chat(user("find pump"), tools=tools, tool_choice="required", stop=["Obs:"])
+        with Teacher(config(server), tmp_path / "cache.sqlite") as teacher:
+            teacher.chat(user("find pump"), tools=tools)  # other request fields: another entry
+    assert answer.text == "Looking it up." and answer.ok
+    assert answer.tool_calls == [{"id": "c1", "name": "lookup", "arguments": '{"q": "pump"}'}]
+    assert len(server.requests) == 2 and teacher.stats["cache_hits"] == 0
+    assert server.requests[0]["body"]["tools"] == tools and server.requests[0]["body"]["stop"] == ["Obs:"]
+    assert "tool_choice" not in server.requests[1]["body"]
+
+
+def test_a_cache_written_before_tool_calls_still_answers(server, tmp_path):
+    cache = tmp_path / "old.sqlite"
+    with Teacher(config(server), cache) as teacher:
+        teacher.ask([user("pump")])
+    with sqlite3.connect(cache) as db:  # as the cache table was before it kept tool calls
+        db.execute("ALTER TABLE responses DROP COLUMN tool_calls")
+    with Teacher(config(server), cache) as teacher:
+        assert [a.text for a in teacher.ask([user("pump")])] == ["answer to: pump"]
+        assert teacher.stats["cache_hits"] == 1 and teacher.chat(user("pump")).tool_calls == []
+    assert len(server.requests) == 1

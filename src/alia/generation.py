@@ -65,8 +65,11 @@ SERVER_LOG = "logs/teacher_server.log"
 def stage_teacher(params: dict[str, Any]) -> Teacher:
     """The teacher of a stage: params.yaml `teacher:`, overridden by the stage's own `teacher:`
     keys (say, a shorter max_tokens), answering from and into the stage's `cache`."""
-    config = TeacherConfig(**(load_params("teacher") | params.get("teacher", {})))
-    return Teacher(config, params["cache"], server_log=SERVER_LOG)
+    base, overrides = load_params("teacher"), params.get("teacher", {})
+    config = base | overrides
+    if "local" in overrides:  # a stage may change one setting of the local server (n_ctx, say)
+        config["local"] = base.get("local", {}) | overrides["local"]
+    return Teacher(TeacherConfig(**config), params["cache"], server_log=SERVER_LOG)
 
 
 def finish_stage(

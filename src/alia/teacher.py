@@ -75,19 +75,21 @@ class TeacherConfig(BaseModel):
         """What, besides model and messages, decides an answer: part of the cache key."""
         return {"temperature": self.temperature, "max_tokens": self.max_tokens, "seed": self.seed}
 
-    def response_format(self, schema: type[BaseModel] | None) -> dict[str, Any] | None:
-        """The request's response_format that constrains the answer to `schema`'s JSON."""
+    def response_format(
+        self, schema: type[BaseModel] | dict[str, Any] | None, name: str = "answer"
+    ) -> dict[str, Any] | None:
+        """The request's response_format that constrains the answer to `schema`'s JSON (a pydantic
+        model, or a JSON schema named `name`)."""
         mode = self.structured_output
         if schema is None or mode == "off":
             return None
         if mode == "auto":
             mode = "json_object" if self.base_url == LOCAL else "json_schema"
+        if not isinstance(schema, dict):
+            schema, name = schema.model_json_schema(), schema.__name__
         if mode == "json_object":
-            return {"type": "json_object", "schema": schema.model_json_schema()}
-        return {
-            "type": "json_schema",
-            "json_schema": {"name": schema.__name__, "schema": schema.model_json_schema()},
-        }
+            return {"type": "json_object", "schema": schema}
+        return {"type": "json_schema", "json_schema": {"name": name, "schema": schema}}
 
 
 class TeacherError(RuntimeError):
@@ -112,22 +114,30 @@ class ResponseCache:
         self.db.execute(
             "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, model TEXT, messages TEXT, "
             "sampling TEXT, text TEXT, finish_reason TEXT, prompt_tokens INTEGER, "
-            "completion_tokens INTEGER, created REAL)"
+            "completion_tokens INTEGER, created REAL, tool_calls TEXT)"
         )
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(responses)")}
+        if "tool_calls" not in columns:  # a cache written before tool calls were kept
+            self.db.execute("ALTER TABLE responses ADD COLUMN tool_calls TEXT")
         self.db.commit()
 
     def get(self, key: str) -> dict[str, Any] | None:
         row = self.db.execute(
-            "SELECT text, finish_reason, prompt_tokens, completion_tokens FROM responses WHERE key = ?",
+            "SELECT text, finish_reason, prompt_tokens, completion_tokens, tool_calls FROM responses "
+            "WHERE key = ?",
             (key,),
         ).fetchone()
         if row is None:
             return None
-        return dict(zip(("text", "finish_reason", "prompt_tokens", "completion_tokens"), row, strict=True))
+        names = ("text", "finish_reason", "prompt_tokens", "completion_tokens", "tool_calls")
+        answer = dict(zip(names, row, strict=True))
+        answer["tool_calls"] = json.loads(answer["tool_calls"]) if answer["tool_calls"] else []
+        return answer
 
     def put(self, key: str, model: str, messages: Sequence[Message], sampling: dict, answer: dict) -> None:
         self.db.execute(
-            "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO responses (key, model, messages, sampling, text, finish_reason, "
+            "prompt_tokens, completion_tokens, created, tool_calls) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 key,
                 model,
@@ -138,6 +148,7 @@ class ResponseCache:
                 answer["prompt_tokens"],
                 answer["completion_tokens"],
                 time.time(),
+                json.dumps(answer["tool_calls"]) if answer.get("tool_calls") else None,
             ),
         )
         self.db.commit()
@@ -247,6 +258,7 @@ class Answer:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str = ""
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)  # {id, name, arguments (JSON text)}
 
     @property
     def ok(self) -> bool:
@@ -320,9 +332,10 @@ class Teacher:
             )
         return self._client
 
-    async def _call(self, messages: list[Message], response_format: dict | None = None) -> dict[str, Any]:
-        """One answer for `messages`, from the cache or the endpoint (with retries)."""
-        sampling = self.config.sampling() | ({"response_format": response_format} if response_format else {})
+    async def _call(self, messages: list[Message], request: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One answer for `messages`, from the cache or the endpoint (with retries). `request`: further
+        fields of the request (response_format, tools, tool_choice, stop), part of the cache key."""
+        sampling = self.config.sampling() | {k: v for k, v in (request or {}).items() if v is not None}
         key = cache_key(self.config.model, messages, sampling)
         cached = self.cache.get(key)
         if cached is not None:
@@ -349,6 +362,10 @@ class Teacher:
             "finish_reason": choice.finish_reason or "",
             "prompt_tokens": usage.prompt_tokens if usage else 0,
             "completion_tokens": usage.completion_tokens if usage else 0,
+            "tool_calls": [
+                {"id": c.id, "name": c.function.name, "arguments": c.function.arguments}
+                for c in choice.message.tool_calls or []
+            ],
         }
         self.cache.put(key, self.config.model, messages, sampling, answer)  # written as it arrives
         self.stats["calls"] += 1
@@ -362,7 +379,7 @@ class Teacher:
         attempts = 0
         while True:
             attempts += 1
-            raw = await self._call(messages, response_format)
+            raw = await self._call(messages, {"response_format": response_format})
             answer = Answer(
                 raw["text"],
                 cache_key=raw["key"],
@@ -442,6 +459,38 @@ class Teacher:
                 "so a re-run resumes from them"
             ) from first
         return results
+
+    def chat(self, messages: list[Message], **request: Any) -> Answer:
+        """One answer to one conversation, for callers that go turn by turn (the agent), through the same
+        cache, retries and accounting as `ask`. `request` holds further request fields (tools,
+        tool_choice, stop, response_format); they are part of the cache key."""
+
+        async def one() -> dict[str, Any]:
+            try:
+                return await self._call(messages, request)
+            finally:
+                if self._client is not None:  # the client belongs to this event loop
+                    await self._client.close()
+                    self._client = None
+
+        try:
+            raw = asyncio.run(one())
+        except openai.OpenAIError as error:
+            self.stats["failures"] += 1
+            raise TeacherError(
+                f"the call failed after {self.config.retries} retries: {type(error).__name__}: {error}"
+            ) from error
+        self.stats["prompt_tokens"] += raw["prompt_tokens"]
+        self.stats["completion_tokens"] += raw["completion_tokens"]
+        return Answer(
+            raw["text"],
+            parsed=raw["text"],
+            cache_key=raw["key"],
+            prompt_tokens=raw["prompt_tokens"],
+            completion_tokens=raw["completion_tokens"],
+            finish_reason=raw["finish_reason"],
+            tool_calls=raw["tool_calls"],
+        )
 
     def metrics(self) -> dict[str, int]:
         """Counts for a stage's metrics file."""
