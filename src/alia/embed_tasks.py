@@ -21,11 +21,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import yaml
+
+if TYPE_CHECKING:
+    from alia.teacher import Teacher
 
 SPLITS = ("train", "validation", "test")
 MATRIX_SOURCE = "ISO 17359 condition-monitoring tables (data/tables/fm_sensor_matrix.parquet)"
@@ -272,3 +276,23 @@ def first_sentence(text: str) -> str:
     text = " ".join(text.split())
     end = text.find(". ")
     return text if end < 0 else text[: end + 1]
+
+
+def describe_entities(rows: pd.DataFrame, descriptions_dir: str | Path, teacher: Teacher) -> pd.DataFrame:
+    """Every query entity with one sentence: the shared description where one exists, the teacher's
+    first sentence otherwise (source "shared", "teacher", or "none" where the teacher failed), with
+    the teacher's provenance columns."""
+    from alia.generation import ask_rows
+    from alia.prompts import load_prompt
+
+    entities = query_entities(rows)
+    seeds = seed_descriptions(descriptions_dir)
+    entities["description"] = entities["entity"].map(lambda e: seeds.get(description_key(e), ""))
+    entities["source"] = entities["description"].map(lambda d: "shared" if d else "teacher")
+    missing = entities[entities["source"] == "teacher"]
+    asked, texts = ask_rows(
+        teacher, load_prompt("entity_description"), missing[["entity", "kind"]], "describe"
+    )
+    entities.loc[missing.index, "description"] = [first_sentence(t) if t else "" for t in texts]
+    entities.loc[missing.index[[not t for t in texts]], "source"] = "none"  # no augmentation for these
+    return entities.merge(asked.drop(columns=["kind", "text"]), on="entity", how="left")
