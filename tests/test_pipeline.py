@@ -27,6 +27,7 @@ PROJECT_FILES = [
     "data/raw",
     "prompts",
     "data/vocabulary_rules.yaml",
+    "data/iso14224_taxonomy.yaml",
     "configs",
 ]
 OUTPUTS = ["data/tables", "data/kg"]
@@ -324,6 +325,83 @@ def test_student_training_and_evaluation_stages(project):
     assert len(runs) == 1 and runs[0].data.params["lora.r"] == "8"
     assert len(client.get_metric_history(runs[0].info.run_id, "loss")) == 2  # the loss curve, per step
     assert "Data and pipelines are up to date" in run(["dvc", "status", *stages], project)
+    params_file.write_text(original)
+
+
+def agent_and_description_answer(messages: list[dict]) -> str | dict:
+    """The agent's turns as a tool-calling model takes them (FM2S, then the answer naming the first
+    sensor found); a sentence for any other prompt (embed_tasks' entity descriptions)."""
+    import json
+    import re
+
+    if "assistant to reliability engineers" not in messages[0]["content"]:
+        return kd_teacher_answer(messages)
+    question = messages[1]["content"]
+    if sum(m["role"] == "assistant" for m in messages) == 0:
+        if confirm := re.search(r"A (.+) may be developing (.+)\. Which sensors", question):
+            name, arguments = "sensors_for_failure_mode", {"asset": confirm[1], "failure_mode": confirm[2]}
+        else:
+            symptom = re.search(r"show abnormal (.+) on a (.+)\. Which failure", question)
+            name, arguments = "failure_modes_for_sensor", {"asset": symptom[2], "sensor": symptom[1]}
+    else:
+        name, arguments = (
+            "final_answer",
+            {"answer": re.search(r"'item': '([^']+)'", messages[-1]["content"])[1]},
+        )
+    call = {
+        "id": "call-1",
+        "type": "function",
+        "function": {"name": name, "arguments": json.dumps(arguments)},
+    }
+    return {"content": f"Next: {name}.", "tool_calls": [call]}
+
+
+@pytest.mark.slow
+def test_embedder_and_agent_stages(project):
+    """embed_tasks -> train_embedder -> eval_embedder -> eval_agent, a short MNRL run and one
+    scripted agent question against a fake endpoint."""
+    params_file = project / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    params["train_embedder"] |= {"loss": "mnrl", "batch_size": 64}
+    params["eval_agent"] |= {"questions_per_kind": 1}
+    with FakeOpenAI(agent_and_description_answer) as server:
+        params["teacher"] |= {"base_url": server.base_url, "model": "fake-model", "api_key_env": None}
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        out = run(["dvc", "repro", "eval_embedder", "eval_agent"], project)
+    for stage in ("embed_tasks", "train_embedder", "eval_embedder", "eval_agent"):
+        assert f"Running stage '{stage}'" in out
+
+    tasks = pd.read_parquet(project / "data" / "embed" / "tasks.parquet")
+    assert len(tasks) == 486 and tasks["query_id"].is_unique
+    by_split = tasks[tasks["asset"] != ""].groupby("split")["asset"].agg(set)
+    assert not (by_split["train"] & by_split["test"]) and not (by_split["train"] & by_split["validation"])
+    described = yaml.safe_load((project / "metrics" / "embed_tasks.json").read_text())
+    assert described["descriptions"] == {"shared": 128, "teacher": 54}
+    assert described["teacher"]["calls"] == 54  # each missing description asked once
+
+    trained = yaml.safe_load((project / "metrics" / "train_embedder.json").read_text())
+    assert trained["pairs"] == tasks.loc[tasks["split"] == "train", "relevant"].map(len).sum()
+    assert (project / "models" / "embedder" / "modules.json").exists()
+    metrics = yaml.safe_load((project / "metrics" / "embedder.json").read_text())
+    assert set(metrics) == {"base", "finetuned", "bm25"}
+    test_counts = tasks[tasks["split"] == "test"]["task"].value_counts().to_dict()
+    for system in metrics.values():
+        assert {t: r["queries"] for t, r in system.items() if t != "macro"} == test_counts
+        assert 0 <= system["macro"]["ndcg@10"] <= 1
+    assert metrics["base"] != metrics["finetuned"]  # it trained
+    assert "| macro | 100 |" in (project / "metrics" / "embedder.md").read_text()
+
+    agent = yaml.safe_load((project / "metrics" / "agent.json").read_text())
+    questions = pd.read_parquet(project / "data" / "eval" / "agent" / "questions.parquet")
+    answers = pd.read_parquet(project / "data" / "eval" / "agent" / "answers.parquet")
+    assert set(questions["asset"]) <= by_split["test"] and len(questions) == 2
+    assert (agent["questions"], agent["failures"], agent["tool_calls"], agent["steps"]) == (2, 0, 1.0, 2.0)
+    hits = [a in set(g) for a, g in zip(answers["answer"], questions["gold"], strict=True)]
+    expected = [h / len(g) for h, g in zip(hits, questions["gold"], strict=True)]
+    assert agent["recall"] == round(sum(expected) / 2, 4) and agent["precision"] == round(sum(hits) / 2, 4)
+    trace = (project / "data" / "eval" / "agent" / "trace.jsonl").read_text().splitlines()
+    assert [yaml.safe_load(line)["type"] for line in trace] == ["task", "action", "action", "answer"] * 2
     params_file.write_text(original)
 
 

@@ -46,6 +46,39 @@ def cmd_kg(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ask(args: argparse.Namespace) -> int:
+    """Ask the maintenance agent (params.yaml `agent:`); prints its answer, and with --trace its steps."""
+    from pathlib import Path
+
+    from alia.agent import agent_from_params, run_agent
+    from alia.params import load_params
+
+    params = load_params("agent")
+    for key in ("embedder", "tasks"):
+        if not Path(params[key]).exists():
+            print(
+                f"{params[key]} is missing: run `dvc repro train_embedder` (or `dvc pull`) first",
+                file=sys.stderr,
+            )
+            return 2
+    agent, teacher = agent_from_params(params, args.cache)
+    with teacher:
+        run = run_agent(agent, args.question)
+    Path(args.trace_file).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.trace_file, "a", encoding="utf-8") as f:  # every question's trace, one record per step
+        f.writelines(json.dumps(record, default=str) + "\n" for record in run.trace)
+    if args.trace:
+        for record in run.trace[1:-1]:
+            print(json.dumps(record, default=str))
+    print(run.answer)
+    if run.state != "success":
+        print(
+            f"({run.state}: the agent used its {params['max_steps']} steps without final_answer)",
+            file=sys.stderr,
+        )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="alia", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -59,6 +92,18 @@ def main(argv: list[str] | None = None) -> int:
     kg.add_argument("node", help="a node id, e.g. 'sensor:vibration'")
     kg.add_argument("--kg-dir", default="data/kg")
     kg.set_defaults(func=cmd_kg)
+    ask = sub.add_parser("ask", help=cmd_ask.__doc__)
+    ask.add_argument(
+        "question", help='e.g. "High temperature on a compressor: which components may be failing?"'
+    )
+    ask.add_argument(
+        "--trace", action="store_true", help="also print every thought, tool call and observation"
+    )
+    ask.add_argument("--trace-file", default="logs/agent_trace.jsonl", help="JSONL the trace is appended to")
+    ask.add_argument(
+        "--cache", default="logs/agent_cache.sqlite", help="the teacher's response cache for `ask`"
+    )
+    ask.set_defaults(func=cmd_ask)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -1,0 +1,374 @@
+"""The maintenance agent: a ReAct loop (smolagents' ToolCallingAgent) over the teacher endpoint, with
+the embedder's retrieval tools (alia.tools), and its evaluation on multi-step questions.
+
+Every model call goes through alia's Teacher (response cache, retries, token accounting): a re-run
+of the same questions costs nothing. Tool calls are the endpoint's native ones (vLLM, OpenAI), or,
+for a local llama.cpp model that has no tool-call format, one JSON action per step whose shape
+({"thought", "name", "arguments"} for one of the tools) the endpoint is constrained to: even a 135M
+model then always produces a well-formed call.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+from smolagents import ChatMessage, LogLevel, Model, Tool, ToolCallingAgent, tool
+from smolagents.models import ChatMessageToolCall, ChatMessageToolCallFunction, MessageRole
+from smolagents.monitoring import TokenUsage
+
+from alia.teacher import LOCAL, Teacher
+from alia.tools import EmbedderTools
+
+TOOL_CALLING = ("auto", "native", "json")
+
+
+# --- the model: smolagents' interface over the Teacher ------------------------------------------
+
+
+# Lengths in characters: a constrained action that hits max_tokens is cut off mid-JSON, so the schema
+# keeps every action well inside the agent's max_tokens (a small model otherwise rambles in "thought").
+MAX_THOUGHT, MAX_NAME, MAX_ANSWER, MAX_CANDIDATES = 200, 100, 400, 10
+
+
+def tool_call_schema(tools: list[Tool]) -> dict[str, Any]:
+    """The JSON schema of one action: {"thought", "name", "arguments"}, one branch per tool, with
+    the tool's own arguments (the optional ones may be left out), every string bounded."""
+
+    def argument(name: str, spec: dict) -> dict:
+        if spec["type"] == "array":
+            items = {"type": "string", "maxLength": MAX_NAME}
+            return {"type": "array", "items": items, "maxItems": MAX_CANDIDATES}
+        if spec["type"] in ("integer", "number", "boolean"):
+            return {"type": spec["type"]}
+        return {"type": "string", "maxLength": MAX_ANSWER if name == "answer" else MAX_NAME}
+
+    return {
+        "anyOf": [
+            {
+                "type": "object",
+                "properties": {
+                    "thought": {"type": "string", "maxLength": MAX_THOUGHT},
+                    "name": {"const": t.name},
+                    "arguments": {
+                        "type": "object",
+                        "properties": {name: argument(name, spec) for name, spec in t.inputs.items()},
+                        "required": [name for name, spec in t.inputs.items() if not spec.get("nullable")],
+                        "additionalProperties": False,
+                    },
+                },
+                "required": ["thought", "name", "arguments"],
+                "additionalProperties": False,
+            }
+            for t in tools
+        ]
+    }
+
+
+class TeacherModel(Model):
+    """A smolagents model whose every call is a `Teacher.chat` (cache, retries, token accounting).
+
+    tool_calling: "native" sends the tools (the endpoint returns tool calls), "json" constrains the
+    answer to one JSON action (tool_call_schema), "auto" is "json" for the local llama.cpp server.
+    """
+
+    def __init__(self, teacher: Teacher, tool_calling: str = "auto") -> None:
+        if tool_calling not in TOOL_CALLING:
+            raise ValueError(f"tool_calling {tool_calling!r}: expected one of {TOOL_CALLING}")
+        if tool_calling == "auto":
+            tool_calling = "json" if teacher.config.base_url == LOCAL else "native"
+        # Plain-text messages, tool calls and results as assistant/user turns: any chat template takes them
+        super().__init__(flatten_messages_as_text=True, model_id=teacher.config.model)
+        self.teacher, self.tool_calling = teacher, tool_calling
+
+    def generate(
+        self,
+        messages: list[ChatMessage | dict],
+        stop_sequences: list[str] | None = None,
+        response_format: dict[str, str] | None = None,
+        tools_to_call_from: list[Tool] | None = None,
+        **kwargs: Any,
+    ) -> ChatMessage:
+        as_json = bool(tools_to_call_from) and self.tool_calling == "json"
+        request = self._prepare_completion_kwargs(
+            messages=messages,
+            stop_sequences=stop_sequences,
+            response_format=response_format,
+            tools_to_call_from=None if as_json else tools_to_call_from,
+            **kwargs,
+        )
+        chat = json.loads(json.dumps(request.pop("messages")))  # plain dicts: their JSON keys the cache
+        if as_json:
+            request["response_format"] = self.teacher.config.response_format(
+                tool_call_schema(tools_to_call_from), name="action"
+            )
+        answer = self.teacher.chat(chat, **request)
+        calls = [
+            ChatMessageToolCall(
+                id=c["id"],
+                type="function",
+                function=ChatMessageToolCallFunction(name=c["name"], arguments=c["arguments"]),
+            )
+            for c in answer.tool_calls
+        ]
+        return ChatMessage(
+            role=MessageRole.ASSISTANT,
+            content=answer.text,
+            tool_calls=calls or None,
+            raw={"cache_key": answer.cache_key, "finish_reason": answer.finish_reason},
+            token_usage=TokenUsage(input_tokens=answer.prompt_tokens, output_tokens=answer.completion_tokens),
+        )
+
+
+# --- the agent ---------------------------------------------------------------------------------
+
+
+def build_agent(
+    tools: EmbedderTools,
+    teacher: Teacher,
+    max_steps: int,
+    tool_calling: str = "auto",
+    prompt_file: str | Path = "prompts/agent.yaml",
+) -> ToolCallingAgent:
+    """A ToolCallingAgent with one tool per retrieval task, alia's system prompt (three unrelated
+    examples) and at most `max_steps` actions; smolagents' own templates for everything else."""
+    import importlib.resources
+
+    templates = yaml.safe_load(
+        importlib.resources.files("smolagents.prompts").joinpath("toolcalling_agent.yaml").read_text()
+    )
+    ours = yaml.safe_load(Path(prompt_file).read_text(encoding="utf-8"))
+    templates["system_prompt"] = ours["system_prompt"]
+    return ToolCallingAgent(
+        tools=[tool(f) for f in tools.functions()],
+        model=TeacherModel(teacher, tool_calling),
+        prompt_templates=templates,
+        max_steps=max_steps,
+        verbosity_level=LogLevel.OFF,
+    )
+
+
+def agent_from_params(params: dict[str, Any], cache: str | Path) -> tuple[ToolCallingAgent, Teacher]:
+    """The agent of params.yaml `agent:` (tools over its embedder, the teacher with its overrides,
+    answering from and into `cache`). Close the returned Teacher when done (it may run a server)."""
+    from alia.generation import stage_teacher
+
+    tools = EmbedderTools(
+        params["embedder"],
+        params["tasks"],
+        params["descriptions"],
+        k=params["k"],
+        min_score=params["min_score"],
+        augment=params["augment"],
+    )
+    teacher = stage_teacher({"teacher": params.get("teacher", {}), "cache": cache})
+    return build_agent(tools, teacher, params["max_steps"], params["tool_calling"], params["prompt"]), teacher
+
+
+@dataclass
+class AgentRun:
+    """One question's outcome. `trace`: a record per step (thought, tool calls, observation, error)."""
+
+    answer: str
+    state: str  # "success": the agent called final_answer; "max_steps_error": it ran out of steps
+    trace: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def tool_calls(self) -> int:
+        """Retrieval-tool calls (final_answer is not one)."""
+        return sum(c["name"] != "final_answer" for r in self.trace for c in r.get("tool_calls", []))
+
+    @property
+    def steps(self) -> int:
+        return sum(r["type"] == "action" for r in self.trace)
+
+    @property
+    def errors(self) -> int:
+        """Actions that failed (an unparsable action, a tool that raised), each reported back to the model."""
+        return sum(r["type"] == "action" and bool(r["error"]) for r in self.trace)
+
+
+def thought_of(model_output: str | None) -> str:
+    """The step's reasoning: a JSON action's "thought", or the text before a native tool call."""
+    text = (model_output or "").strip()
+    try:
+        action = json.loads(text)
+        if isinstance(action, dict) and "thought" in action:
+            return str(action["thought"])
+    except json.JSONDecodeError:
+        pass
+    return text
+
+
+def run_agent(agent: ToolCallingAgent, question: str) -> AgentRun:
+    """Run the agent on one question; the trace comes from its memory, step by step."""
+    from smolagents.memory import ActionStep
+    from smolagents.utils import AgentMaxStepsError
+
+    result = agent.run(question, return_full_result=True)
+    trace: list[dict[str, Any]] = [{"type": "task", "question": question}]
+    for step in agent.memory.steps:
+        if not isinstance(step, ActionStep):
+            continue
+        usage = step.token_usage
+        trace.append(
+            {
+                # out of steps: smolagents asks once more for an answer, without tools
+                "type": "forced_answer" if isinstance(step.error, AgentMaxStepsError) else "action",
+                "step": step.step_number,
+                "thought": thought_of(step.model_output),
+                "tool_calls": [{"name": c.name, "arguments": c.arguments} for c in step.tool_calls or []],
+                "observation": step.observations,
+                "error": str(step.error) if step.error else None,
+                "prompt_tokens": usage.input_tokens if usage else 0,
+                "completion_tokens": usage.output_tokens if usage else 0,
+                "seconds": round(step.timing.duration or 0.0, 2),
+            }
+        )
+    output = result.output
+    answer = output if isinstance(output, str) else json.dumps(output, default=str)
+    trace.append({"type": "answer", "answer": answer, "state": result.state})
+    return AgentRun(answer=answer, state=result.state, trace=trace)
+
+
+# --- evaluation: multi-step questions with gold items -----------------------------------------
+
+QUESTION_KINDS = {
+    # kind: (the question, the tasks whose relevant items are its gold answer)
+    "symptom": (
+        "Sensor readings show abnormal {subject} on a {asset}. Which failure modes may be developing, "
+        "and which components may be failing?",
+        ("S2FM", "FM2CMP"),
+    ),
+    "confirm": (
+        "A {asset} may be developing {subject}. Which sensors would confirm it, and which components "
+        "are involved?",
+        ("FM2S", "FM2CMP"),
+    ),
+}
+
+
+def agent_questions(tasks: pd.DataFrame, split: str, per_kind: int, seed: int) -> pd.DataFrame:
+    """`per_kind` questions of each kind about the assets of `split`, with their gold items: the
+    relevant items of the embedder's queries (ISO 17359 ticks, as in the KG, and the taxonomy seed's
+    components). A "symptom" question (asset, sensor) needs S2FM, then FM2CMP for each failure mode
+    found; a "confirm" question (asset, failure mode) needs FM2S and FM2CMP."""
+    rows = tasks[(tasks["split"] == split) & (tasks["asset"] != "")]
+    relevant = {
+        (t, a, tuple(e)): list(r)
+        for t, a, e, r in zip(rows["task"], rows["asset"], rows["entities"], rows["relevant"], strict=True)
+    }
+
+    def components(asset: str, failure_modes: list[str]) -> list[str]:
+        return sorted({c for fm in failure_modes for c in relevant.get(("FM2CMP", asset, (asset, fm)), [])})
+
+    rng = np.random.default_rng(seed)
+    questions = []
+    for kind, (template, _) in QUESTION_KINDS.items():
+        first_task = "S2FM" if kind == "symptom" else "FM2S"
+        keys = sorted(k for k in relevant if k[0] == first_task)
+        for i in sorted(rng.choice(len(keys), min(per_kind, len(keys)), replace=False)):
+            _, asset, (_, subject) = keys[i]
+            found = sorted(relevant[keys[i]])
+            failure_modes = found if kind == "symptom" else [subject]
+            gold = {
+                "gold_failure_modes": found if kind == "symptom" else [],
+                "gold_sensors": found if kind == "confirm" else [],
+                "gold_components": components(asset, failure_modes),
+            }
+            questions.append(
+                {
+                    "kind": kind,
+                    "asset": asset,
+                    "subject": subject,
+                    "question": template.format(asset=asset, subject=subject),
+                    **gold,
+                    "gold": sorted({g for items in gold.values() for g in items}),
+                }
+            )
+    out = pd.DataFrame(questions)
+    out.insert(0, "question_id", [f"agent-{i:03d}" for i in range(len(out))])
+    return out
+
+
+def mentioned_items(answer: str, vocabulary: list[str]) -> list[str]:
+    """The items of `vocabulary` named in `answer` (case-insensitive, whole words). The longest name
+    wins: "bearing damage" names that failure mode, not also the component "bearing"."""
+    text, named = answer.casefold(), []
+    for item in sorted(vocabulary, key=len, reverse=True):
+        text, found = re.subn(rf"(?<!\w){re.escape(item.casefold())}(?!\w)", "\0", text)
+        if found:
+            named.append(item)
+    return sorted(named)
+
+
+def answer_scores(answer: str, gold: list[str], vocabulary: list[str]) -> dict[str, float]:
+    """Recall and precision of the gold items among the vocabulary items the answer names."""
+    named = set(mentioned_items(answer, vocabulary))
+    hits = len(named & set(gold))
+    return {
+        "recall": hits / len(gold) if gold else 0.0,
+        "precision": hits / len(named) if named else 0.0,
+        "named": len(named),
+    }
+
+
+def item_vocabulary(tasks: pd.DataFrame) -> list[str]:
+    """Every sensor, failure mode and component the tools can return."""
+    tool_tasks = tasks[tasks["task"].isin(["FM2S", "S2FM", "FM2CMP"])]
+    return sorted({c for cs in tool_tasks["candidates"] for c in cs})
+
+
+def evaluate_agent(
+    agent: ToolCallingAgent, questions: pd.DataFrame, vocabulary: list[str], progress: bool = True
+) -> tuple[pd.DataFrame, list[dict]]:
+    """Each question through the agent: per-question answers and scores, and the trace records
+    (tagged with their question_id). A question whose run raises is counted as failed, not fatal."""
+    from tqdm.auto import tqdm
+
+    answers, trace = [], []
+    for q in tqdm(questions.itertuples(), total=len(questions), desc="agent", disable=not progress):
+        started = time.monotonic()
+        try:
+            run = run_agent(agent, q.question)
+        except Exception as error:  # noqa: BLE001 (a failed run is a result: kept, counted)
+            run = AgentRun(answer="", state=f"error: {type(error).__name__}: {error}")
+            run.trace = [
+                {"type": "task", "question": q.question},
+                {"type": "answer", "answer": "", "state": run.state},
+            ]
+        trace += [{"question_id": q.question_id, **record} for record in run.trace]
+        answers.append(
+            {
+                "question_id": q.question_id,
+                "answer": run.answer,
+                "state": run.state,
+                "steps": run.steps,
+                "tool_calls": run.tool_calls,
+                "step_errors": run.errors,
+                "seconds": round(time.monotonic() - started, 2),
+                **answer_scores(run.answer, list(q.gold), vocabulary),
+            }
+        )
+    return pd.DataFrame(answers), trace
+
+
+def summary_metrics(answers: pd.DataFrame) -> dict[str, float]:
+    """Means over the questions; `failures`: runs that did not end with final_answer."""
+    return {
+        "questions": len(answers),
+        "recall": round(float(answers["recall"].mean()), 4),
+        "precision": round(float(answers["precision"].mean()), 4),
+        "tool_calls": round(float(answers["tool_calls"].mean()), 3),
+        "steps": round(float(answers["steps"].mean()), 3),
+        "step_errors": int(answers["step_errors"].sum()),
+        "failures": int((answers["state"] != "success").sum()),
+        "seconds_per_question": round(float(answers["seconds"].mean()), 2),
+    }
