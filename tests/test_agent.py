@@ -234,14 +234,15 @@ def scripted_json(messages: list[dict]) -> str:
 
 
 def test_an_agent_run_with_json_actions_sends_the_action_schema(tools, tmp_path):
-    with (
-        FakeOpenAI(scripted_json) as server,
-        Teacher(teacher_config(server), tmp_path / "c.sqlite") as teacher,
-    ):
-        teacher.config.structured_output = "json_object"
-        agent = build_agent(tools, teacher, max_steps=3, tool_calling="json")
-        run = run_agent(agent, "Which sensors detect bearing damage on a pump?")
+    question = "Which sensors detect bearing damage on a pump?"
+    with FakeOpenAI(scripted_json) as server:
+        for _ in range(2):  # the second run from the cache: the ids in the prompts must not change
+            with Teacher(teacher_config(server), tmp_path / "c.sqlite") as teacher:
+                teacher.config.structured_output = "json_object"
+                agent = build_agent(tools, teacher, max_steps=3, tool_calling="json")
+                run = run_agent(agent, question)
         body = server.requests[0]["body"]
+    assert len(server.requests) == 2 and teacher.stats["cache_hits"] == 2
     assert "tools" not in body
     schema = body["response_format"]["schema"]
     assert body["response_format"]["type"] == "json_object"

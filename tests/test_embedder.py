@@ -104,6 +104,8 @@ def test_the_fine_tuned_model_reloads(tasks, tmp_path, loss):
     sentence = ["Which sensors detect bearing wear in a pump?"]
     assert not np.allclose(reloaded.encode(sentence), base.encode(sentence), atol=1e-4)  # it trained
     assert (tmp_path / "embedder" / "modules.json").exists()  # sentence-transformers format
+    # nothing time-dependent in the saved files: the same training gives the same DVC hash
+    assert "Training Time" not in (tmp_path / "embedder" / "README.md").read_text()
 
 
 def test_a_decoder_embedder_trains_a_lora_adapter_with_last_token_pooling(tiny_lm, tasks, tmp_path):

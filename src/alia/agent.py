@@ -126,6 +126,15 @@ class TeacherModel(Model):
             token_usage=TokenUsage(input_tokens=answer.prompt_tokens, output_tokens=answer.completion_tokens),
         )
 
+    def parse_tool_calls(self, message: ChatMessage) -> ChatMessage:
+        """A JSON action's tool call, with an id derived from the answer instead of smolagents' random
+        one: the id goes into the next prompts, so a random one would defeat the response cache."""
+        message = super().parse_tool_calls(message)
+        key = (message.raw or {}).get("cache_key", "")
+        for i, call in enumerate(message.tool_calls):
+            call.id = f"call_{key[:16]}_{i}"
+        return message
+
 
 # --- the agent ---------------------------------------------------------------------------------
 

@@ -240,6 +240,9 @@ def train_embedder(
         model=model, args=args, train_dataset=Dataset.from_pandas(pairs, preserve_index=False), loss=loss
     )
     result = trainer.train()
+    # The model card would state the wall-clock training time, so the same training would give
+    # a different DVC hash each run; the runtime goes to metrics/train_embedder.json instead.
+    model.model_card_data._training_start_time = None
     model.save_pretrained(str(out_dir))
     losses_per_step = [
         {"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h
