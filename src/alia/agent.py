@@ -24,7 +24,7 @@ from smolagents import ChatMessage, LogLevel, Model, Tool, ToolCallingAgent, too
 from smolagents.models import ChatMessageToolCall, ChatMessageToolCallFunction, MessageRole
 from smolagents.monitoring import TokenUsage
 
-from alia.teacher import LOCAL, Teacher
+from alia.teacher import LOCAL, Teacher, TeacherError
 from alia.tools import EmbedderTools
 
 TOOL_CALLING = ("auto", "native", "json")
@@ -339,7 +339,8 @@ def evaluate_agent(
     agent: ToolCallingAgent, questions: pd.DataFrame, vocabulary: list[str], progress: bool = True
 ) -> tuple[pd.DataFrame, list[dict]]:
     """Each question through the agent: per-question answers and scores, and the trace records
-    (tagged with their question_id). A question whose run raises is counted as failed, not fatal."""
+    (tagged with their question_id). A question whose run raises is counted as failed, unless the
+    endpoint failed (TeacherError): that stops the evaluation, and a re-run resumes from the cache."""
     from tqdm.auto import tqdm
 
     answers, trace = [], []
@@ -348,6 +349,8 @@ def evaluate_agent(
         try:
             run = run_agent(agent, q.question)
         except Exception as error:  # noqa: BLE001 (a failed run is a result: kept, counted)
+            if isinstance(error, TeacherError) or isinstance(error.__cause__, TeacherError):
+                raise
             run = AgentRun(answer="", state=f"error: {type(error).__name__}: {error}")
             run.trace = [
                 {"type": "task", "question": q.question},
