@@ -11,7 +11,14 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
-from alia.agent import agent_from_params, agent_questions, evaluate_agent, item_vocabulary, summary_metrics
+from alia.agent import (
+    agent_from_params,
+    agent_questions,
+    evaluate_agent,
+    item_vocabulary,
+    summary_metrics,
+    write_trace,
+)
 from alia.params import load_params
 from alia.tracking import start_run
 
@@ -27,8 +34,7 @@ with teacher:
 out_dir.mkdir(parents=True, exist_ok=True)
 questions.to_parquet(out_dir / "questions.parquet", index=False)
 answers.to_parquet(out_dir / "answers.parquet", index=False)
-with open(out_dir / "trace.jsonl", "w", encoding="utf-8") as f:
-    f.writelines(json.dumps(record, default=str) + "\n" for record in trace)
+write_trace(out_dir / "trace.jsonl", trace)
 
 metrics = {**summary_metrics(answers), "teacher": teacher.metrics()}
 metrics_file.parent.mkdir(parents=True, exist_ok=True)

@@ -204,6 +204,13 @@ class AgentRun:
         return sum(r["type"] == "action" and bool(r["error"]) for r in self.trace)
 
 
+def write_trace(path: str | Path, records: list[dict[str, Any]], append: bool = False) -> None:
+    """Trace records as JSONL, one per line (values JSON cannot hold written as text)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a" if append else "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(record, default=str) + "\n" for record in records)
+
+
 def thought_of(model_output: str | None) -> str:
     """The step's reasoning: a JSON action's "thought", or the text before a native tool call."""
     text = (model_output or "").strip()

@@ -50,7 +50,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     """Ask the maintenance agent (params.yaml `agent:`); prints its answer, and with --trace its steps."""
     from pathlib import Path
 
-    from alia.agent import agent_from_params, run_agent
+    from alia.agent import agent_from_params, run_agent, write_trace
     from alia.params import load_params
 
     params = load_params("agent")
@@ -64,9 +64,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     agent, teacher = agent_from_params(params, args.cache)
     with teacher:
         run = run_agent(agent, args.question)
-    Path(args.trace_file).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.trace_file, "a", encoding="utf-8") as f:  # every question's trace, one record per step
-        f.writelines(json.dumps(record, default=str) + "\n" for record in run.trace)
+    write_trace(args.trace_file, run.trace, append=True)  # every question's trace, one record per step
     if args.trace:
         for record in run.trace[1:-1]:
             print(json.dumps(record, default=str))

@@ -373,23 +373,33 @@ class Teacher:
         self.stats["new_completion_tokens"] += answer["completion_tokens"]
         return {**answer, "key": key}
 
+    def _answer(self, raw: dict[str, Any], attempts: int = 1) -> Answer:
+        """An Answer from `_call`'s record, its tokens counted (cached ones too: what the run used)."""
+        self.stats["prompt_tokens"] += raw["prompt_tokens"]
+        self.stats["completion_tokens"] += raw["completion_tokens"]
+        return Answer(
+            raw["text"],
+            cache_key=raw["key"],
+            attempts=attempts,
+            prompt_tokens=raw["prompt_tokens"],
+            completion_tokens=raw["completion_tokens"],
+            finish_reason=raw["finish_reason"],
+            tool_calls=raw["tool_calls"],
+        )
+
+    async def _close_client(self) -> None:
+        """The async client belongs to the event loop of one `ask` or `chat`: closed at its end."""
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
     async def _ask_one(
         self, messages: list[Message], parser: Parser | None, response_format: dict | None
     ) -> Answer:
         attempts = 0
         while True:
             attempts += 1
-            raw = await self._call(messages, {"response_format": response_format})
-            answer = Answer(
-                raw["text"],
-                cache_key=raw["key"],
-                attempts=attempts,
-                prompt_tokens=raw["prompt_tokens"],
-                completion_tokens=raw["completion_tokens"],
-                finish_reason=raw["finish_reason"],
-            )
-            self.stats["prompt_tokens"] += answer.prompt_tokens
-            self.stats["completion_tokens"] += answer.completion_tokens
+            answer = self._answer(await self._call(messages, {"response_format": response_format}), attempts)
             if parser is None:
                 answer.parsed = answer.text
                 return answer
@@ -432,9 +442,7 @@ class Teacher:
             return await asyncio.gather(*(one(m) for m in prompts))
         finally:
             progress.close()
-            if self._client is not None:
-                await self._client.close()
-                self._client = None
+            await self._close_client()
 
     def ask(
         self,
@@ -469,9 +477,7 @@ class Teacher:
             try:
                 return await self._call(messages, request)
             finally:
-                if self._client is not None:  # the client belongs to this event loop
-                    await self._client.close()
-                    self._client = None
+                await self._close_client()
 
         try:
             raw = asyncio.run(one())
@@ -480,17 +486,9 @@ class Teacher:
             raise TeacherError(
                 f"the call failed after {self.config.retries} retries: {type(error).__name__}: {error}"
             ) from error
-        self.stats["prompt_tokens"] += raw["prompt_tokens"]
-        self.stats["completion_tokens"] += raw["completion_tokens"]
-        return Answer(
-            raw["text"],
-            parsed=raw["text"],
-            cache_key=raw["key"],
-            prompt_tokens=raw["prompt_tokens"],
-            completion_tokens=raw["completion_tokens"],
-            finish_reason=raw["finish_reason"],
-            tool_calls=raw["tool_calls"],
-        )
+        answer = self._answer(raw)
+        answer.parsed = answer.text
+        return answer
 
     def metrics(self) -> dict[str, int]:
         """Counts for a stage's metrics file."""
