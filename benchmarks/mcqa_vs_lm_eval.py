@@ -2,7 +2,7 @@
 alia.scoring and through lm-eval (a custom multiple_choice task over the same Parquet), side by side.
 Prints acc and acc_norm from both, how many questions get the same picks, questions/s and the ratio.
 
-    python benchmarks/mcqa_vs_lm_eval.py [--model models/base/student_instruct]
+    python benchmarks/mcqa_vs_lm_eval.py [--model models/pretrained/student_instruct]
         [--questions data/eval/questions/d_eval.parquet] [--dtype float32] [--batch-size 8]
 
 Both score the exact same context strings (k-shot or chat-formatted, built by alia.scoring) with the
@@ -86,7 +86,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", default="models/base/student_instruct")
+    parser.add_argument("--model", default="models/pretrained/student_instruct")
     parser.add_argument("--questions", default="data/eval/questions/d_eval.parquet")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--batch-size", type=int, default=8)

@@ -12,7 +12,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from alia.teacher import LocalServer, LocalServerConfig, Teacher, TeacherConfig
+from alia.generation import teacher_config
+from alia.llama_server import LocalServer
+from alia.teacher import Teacher, TeacherConfig
 
 ASSETS = ["centrifugal pump", "gas compressor", "steam turbine", "electric motor",
           "power transformer", "fan", "diesel engine", "heat exchanger"]  # fmt: skip
@@ -41,15 +43,15 @@ def main() -> None:
     pairs = itertools.islice(itertools.product(QUESTIONS, ASSETS), args.prompts)
     prompts = [[{"role": "user", "content": q.format(a)}] for q, a in pairs]
 
-    local = LocalServerConfig()
+    local = teacher_config().local  # params.yaml teacher.local
     start = time.perf_counter()
     with LocalServer(local, "smollm2") as server, tempfile.TemporaryDirectory() as tmp:
         print(f"server start-up: {time.perf_counter() - start:.1f} s")
         base = {"base_url": server.base_url, "model": "smollm2", "api_key_env": None,
                 "temperature": 0.0, "max_tokens": args.max_tokens}  # fmt: skip
-        sequential, m1 = run(TeacherConfig(**base, concurrency=1), Path(tmp) / "a.sqlite", prompts)
-        concurrent, m8 = run(TeacherConfig(**base, concurrency=8), Path(tmp) / "b.sqlite", prompts)
-        warm, mw = run(TeacherConfig(**base, concurrency=8), Path(tmp) / "b.sqlite", prompts)
+        sequential, m1 = run(teacher_config(base | {"concurrency": 1}), Path(tmp) / "a.sqlite", prompts)
+        concurrent, m8 = run(teacher_config(base | {"concurrency": 8}), Path(tmp) / "b.sqlite", prompts)
+        warm, mw = run(teacher_config(base | {"concurrency": 8}), Path(tmp) / "b.sqlite", prompts)
 
     tokens = m1["completion_tokens"] / len(prompts)
     print(

@@ -3,7 +3,6 @@
 python stages/build_eval.py <tables_dir> <out_dir> <metrics.json>
 """
 
-import json
 import sys
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pyarrow.parquet as pq
 from alia.mcqa import build_questions, load_question_set, to_table
 from alia.params import load_params
 from alia.tables import read_tables
+from alia.tracking import finish_stage
 
 tables_dir, out_dir, metrics_file = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 params = load_params("build_eval")
@@ -41,6 +41,4 @@ for name, questions in sets.items():
             for value, n in questions[col].value_counts().items()
         },
     }
-metrics_file.parent.mkdir(parents=True, exist_ok=True)
-metrics_file.write_text(json.dumps(metrics, indent=2) + "\n")
-print(json.dumps(metrics))
+finish_stage("build_eval", metrics, metrics_file, params)

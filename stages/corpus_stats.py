@@ -1,40 +1,33 @@
 """Stage corpus_stats: passages and tokens of every KD corpus, counted with each student's tokenizer.
 
-python stages/corpus_stats.py <kd_dir> <models_dir> <metrics.json> <plot.json>
+python stages/corpus_stats.py <metrics.json> <plot.json> --tokenizers <model_dir>... --corpora <corpus>...
+
+A corpus is named by its file or folder (data/corpora/kd_qa.parquet: kd_qa), a tokenizer by its folder.
 """
 
-import json
-import sys
+import argparse
 from pathlib import Path
 
-import pandas as pd
 from transformers import AutoTokenizer
 
-from alia.corpora import corpus_texts, token_counts
-from alia.params import load_params
+from alia.corpora import corpus_texts, read_corpus, token_counts
+from alia.tracking import finish_stage
 
-kd_dir, models_dir, metrics_file, plot_file = map(Path, sys.argv[1:5])
-params = load_params("corpus_stats")
+parser = argparse.ArgumentParser()
+parser.add_argument("metrics_file", type=Path)
+parser.add_argument("plot_file", type=Path)
+parser.add_argument("--tokenizers", type=Path, nargs="+", required=True)
+parser.add_argument("--corpora", type=Path, nargs="+", required=True)
+args = parser.parse_args()
 
-corpora = {
-    "base": pd.read_parquet(kd_dir / "base.parquet"),
-    "rephrase": pd.concat([pd.read_parquet(p) for p in sorted((kd_dir / "rephrase").glob("*.parquet"))]),
-    "qa": pd.read_parquet(kd_dir / "qa.parquet"),
-    "qa_raft": pd.read_parquet(kd_dir / "qa_raft.parquet"),
-    "extend": pd.read_parquet(kd_dir / "extend.parquet"),
-}
-tokenizers = {student: AutoTokenizer.from_pretrained(models_dir / student) for student in params["students"]}
-
+tokenizers = {path.name: AutoTokenizer.from_pretrained(path) for path in args.tokenizers}
 stats, plot_rows = {}, []
-for name, corpus in corpora.items():
-    texts = corpus_texts(name, corpus)
+for path in args.corpora:
+    name = path.name.removesuffix(".parquet")
+    texts = corpus_texts(name, read_corpus(path))
     stats[name] = {"passages": len(texts)}
     for student, tokenizer in tokenizers.items():
         tokens = token_counts(tokenizer, texts)
         stats[name][f"tokens_{student}"] = tokens
         plot_rows.append({"corpus": name, "student": student, "tokens": tokens})
-
-metrics_file.write_text(json.dumps(stats, indent=2) + "\n")
-plot_file.parent.mkdir(parents=True, exist_ok=True)
-plot_file.write_text(json.dumps(plot_rows, indent=2) + "\n")
-print(json.dumps(stats))
+finish_stage("corpus_stats", stats, args.metrics_file, plots={args.plot_file: plot_rows})

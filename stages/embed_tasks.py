@@ -1,6 +1,7 @@
 """Stage embed_tasks: the embedder's nine retrieval tasks, split by asset, with query augmentation.
 
-python stages/embed_tasks.py <tables_dir> <taxonomy.yaml> <descriptions_dir> <out_dir> <metrics.json>
+python stages/embed_tasks.py <tables_dir> <taxonomy.yaml> <descriptions_dir> <tasks.parquet>
+    <descriptions.parquet> <cache.sqlite> <metrics.json>
 """
 
 import sys
@@ -14,28 +15,32 @@ from alia.embed_tasks import (
     assign_splits,
     augment,
     describe_entities,
+    description_lookup,
     finish,
     load_taxonomy,
     task_rows,
     to_table,
 )
-from alia.generation import finish_stage, stage_teacher
+from alia.generation import stage_teacher
 from alia.params import load_params
+from alia.prompts import load_prompt
 from alia.tables import read_table
+from alia.tracking import finish_stage
 
-tables_dir, taxonomy_file, descriptions_dir, out_dir, metrics_file = map(Path, sys.argv[1:6])
+tables_dir, taxonomy_file, descriptions_dir, tasks_file, entities_file, cache, metrics_file = map(
+    Path, sys.argv[1:8]
+)
 params = load_params("embed_tasks")
 
 rows = task_rows(read_table("fm_sensor_matrix", tables_dir), load_taxonomy(taxonomy_file))
 rows = add_instructions(assign_splits(rows, tuple(params["split"]), params["seed"]), params["seed"])
-with stage_teacher(params) as teacher:
-    entities = describe_entities(rows, descriptions_dir, teacher)
-descriptions = dict(zip(entities["entity"], entities["description"], strict=True))
-rows = finish(augment(rows, descriptions, params["augment_p"], params["seed"]))
+with stage_teacher(params.get("teacher"), cache) as teacher:
+    entities = describe_entities(rows, descriptions_dir, teacher, load_prompt("entity_description"))
+rows = finish(augment(rows, description_lookup(entities), params["augment_p"], params["seed"]))
 
-out_dir.mkdir(parents=True, exist_ok=True)
-pq.write_table(to_table(rows), out_dir / "tasks.parquet")
-entities.to_parquet(out_dir / "descriptions.parquet", index=False)
+tasks_file.parent.mkdir(parents=True, exist_ok=True)
+pq.write_table(to_table(rows), tasks_file)
+entities.to_parquet(entities_file, index=False)
 counts = pd.crosstab(rows["task"], rows["split"])
 metrics = {
     "queries": len(rows),
@@ -43,4 +48,4 @@ metrics = {
     "descriptions": entities["source"].value_counts().to_dict(),
     **{f"{task}.{split}": int(n) for task, by in counts.iterrows() for split, n in by.items()},
 }
-finish_stage("embed_tasks", params, teacher, metrics, str(metrics_file))
+finish_stage("embed_tasks", metrics, metrics_file, params, teacher=teacher)

@@ -1,37 +1,41 @@
-"""Stage kg: the table-sourced knowledge graph, its counts as metrics and a bar plot.
+"""Stage kg: the one knowledge graph, from the tables and the facts of sensor_discovery,
+relevance_check and kd_extend; its counts (by type and by origin) as metrics and a bar plot.
 
-python stages/kg.py <tables_dir> <out_dir> <metrics.json> <plot.json>
+python stages/kg.py <tables_dir> <discovery_dir> <relevance_dir> <key_entities.parquet> <out_dir>
+    <metrics.json> <plot.json>
 """
 
-import json
 import sys
 from pathlib import Path
 
-import mlflow
+import pandas as pd
 
-from alia.kg import from_tables
+from alia import kg
 from alia.params import load_params
+from alia.prompts import load_prompt
 from alia.tables import read_tables
-from alia.tracking import start_run
+from alia.tracking import finish_stage
 
-tables_dir, out_dir, metrics_file, plot_file = sys.argv[1:5]
+tables_dir, discovery_dir, relevance_dir, entities_file, out_dir, metrics_file, plot_file = map(
+    Path, sys.argv[1:8]
+)
 params = load_params("kg")
 
-kg = from_tables(read_tables(tables_dir), include_eval_assets=params["include_eval_assets"])
-kg.write(out_dir, graphml=params["graphml"])
+graph = kg.build(
+    read_tables(tables_dir),
+    pd.read_parquet(discovery_dir / "sensors.parquet"),
+    pd.read_parquet(relevance_dir / "relevance.parquet"),
+    pd.read_parquet(entities_file),
+    {name: load_prompt(name) for name in ("sensor_discovery", "relevance_check", "key_entities")},
+    params["include_eval_assets"],
+)
+graph.write(out_dir, graphml=params["graphml"])
 
-counts = kg.counts()
-Path(metrics_file).parent.mkdir(parents=True, exist_ok=True)
-Path(metrics_file).write_text(json.dumps(counts, indent=2) + "\n")
+counts = graph.counts()
 plot_rows = [
     {"element": f"{group[:-1]}:{kind}", "count": n}
     for group in ("nodes", "edges")
     for kind, n in counts[group].items()
     if kind != "total"
 ]
-Path(plot_file).parent.mkdir(parents=True, exist_ok=True)
-Path(plot_file).write_text(json.dumps(plot_rows, indent=2) + "\n")
-
-with start_run("kg", params=params):
-    mlflow.log_metrics({f"{group}.{kind}": n for group, by in counts.items() for kind, n in by.items()})
-print(json.dumps(counts))
+finish_stage("kg", counts, metrics_file, params, plots={plot_file: plot_rows})

@@ -1,4 +1,5 @@
-"""Stage prepare_models@<role>: the base model of one role as an ordinary checkpoint under models/base/.
+"""Stage prepare_models@<role>: the pretrained model of one role as an ordinary checkpoint under
+models/pretrained/.
 
 python stages/prepare_models.py <role> <out_dir>
 """

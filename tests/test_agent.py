@@ -7,7 +7,7 @@ import re
 
 import pandas as pd
 import pytest
-from conftest import REPO
+from conftest import REPO, teacher_config
 from fake_openai import FakeOpenAI
 from smolagents.utils import AgentGenerationError
 
@@ -21,6 +21,7 @@ from alia.agent import (
     summary_metrics,
     tool_call_schema,
 )
+from alia.embed_tasks import augment, description_lookup, query_entities
 from alia.embedder import train_embedder
 from alia.models import package_dir
 from alia.teacher import Teacher, TeacherConfig, TeacherError
@@ -41,8 +42,8 @@ def tiny_embedder(tasks, tmp_path_factory):
     """MiniLM after a few MNRL epochs on 2 train queries of each tool task (seconds)."""
     train = tasks[(tasks["split"] == "train") & tasks["task"].isin(TOOL_TASKS.values())]
     small = train.groupby("task").head(2)
-    params = {"loss": "mnrl", "epochs": 4, "batch_size": 8, "learning_rate": 5e-5, "warmup_ratio": 0.0}
-    params |= {"seed": 0, "negatives_per_query": 0}
+    training = {"num_train_epochs": 4, "per_device_train_batch_size": 8, "learning_rate": 5e-5}
+    params = {"loss": "mnrl", "negatives_per_query": 0, "training": training | {"warmup_steps": 0, "seed": 0}}
     out = tmp_path_factory.mktemp("embedder") / "embedder"
     train_embedder(MINILM, small, out, params)
     return out, small
@@ -187,18 +188,18 @@ def scripted_native(messages: list[dict]) -> dict:
     return call("final_answer", {"answer": f"Look at the {first}."})
 
 
-def teacher_config(server: FakeOpenAI) -> TeacherConfig:
-    return TeacherConfig(base_url=server.base_url, model="fake-model", api_key_env=None, temperature=0.0)
+def llm_config(server: FakeOpenAI) -> TeacherConfig:
+    return teacher_config(base_url=server.base_url, model="fake-model", api_key_env=None, temperature=0.0)
 
 
 def test_an_agent_run_with_native_tool_calls(tools, tmp_path):
     question = "High temperature on a compressor: which failure modes and components?"
     with FakeOpenAI(scripted_native) as server:
-        with Teacher(teacher_config(server), tmp_path / "cache.sqlite") as teacher:
+        with Teacher(llm_config(server), tmp_path / "cache.sqlite") as teacher:
             run = run_agent(build_agent(tools, teacher, max_steps=5, tool_calling="native"), question)
         sent = server.requests[0]["body"]
         requests = len(server.requests)
-        with Teacher(teacher_config(server), tmp_path / "cache.sqlite") as teacher:  # the same, warm
+        with Teacher(llm_config(server), tmp_path / "cache.sqlite") as teacher:  # the same, warm
             rerun = run_agent(build_agent(tools, teacher, max_steps=5, tool_calling="native"), question)
     assert sorted(t["function"]["name"] for t in sent["tools"]) == sorted([*TOOL_TASKS, "final_answer"])
     modes = tools.failure_modes_for_sensor("Compressor", "temperature")
@@ -238,7 +239,7 @@ def test_an_agent_run_with_json_actions_sends_the_action_schema(tools, tmp_path)
     question = "Which sensors detect bearing damage on a pump?"
     with FakeOpenAI(scripted_json) as server:
         for _ in range(2):  # the second run from the cache: the ids in the prompts must not change
-            with Teacher(teacher_config(server), tmp_path / "c.sqlite") as teacher:
+            with Teacher(llm_config(server), tmp_path / "c.sqlite") as teacher:
                 teacher.config.structured_output = "json_object"
                 agent = build_agent(tools, teacher, max_steps=3, tool_calling="json")
                 run = run_agent(agent, question)
@@ -271,7 +272,7 @@ def test_evaluation_counts_failures_and_scores_answers(tools, tasks, tmp_path):
     vocabulary = sorted({i for cs in tasks["candidates"] for i in cs})
     with (
         FakeOpenAI(never_answers) as server,
-        Teacher(teacher_config(server), tmp_path / "c.sqlite") as teacher,
+        Teacher(llm_config(server), tmp_path / "c.sqlite") as teacher,
     ):
         agent = build_agent(tools, teacher, max_steps=2, tool_calling="native")
         answers, trace = evaluate_agent(agent, questions, vocabulary, progress=False)
@@ -289,14 +290,16 @@ def test_alia_ask_prints_the_answer_and_the_trace(
 
     from alia.cli import main
 
-    agent = {"embedder": str(tiny_embedder[0]), "tasks": str(tasks_file), "descriptions": None}
-    agent |= {"augment": False, "k": 5, "min_score": None, "max_steps": 5, "tool_calling": "native"}
-    agent |= {"prompt": str(REPO / "prompts" / "agent.yaml"), "teacher": {"temperature": 0.0}}
+    agent = {"augment": False, "k": 5, "min_score": None, "max_steps": 5, "tool_calling": "native"}
+    agent |= {"llm": {"temperature": 0.0}}
+    paths = ["--embedder", str(tiny_embedder[0]), "--tasks", str(tasks_file)]
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "prompts" / "agent.yaml").write_text((REPO / "prompts" / "agent.yaml").read_text())
     monkeypatch.chdir(tmp_path)
     with FakeOpenAI(scripted_native) as server:
-        teacher = {"base_url": server.base_url, "model": "fake-model", "api_key_env": None}
+        teacher = teacher_config(base_url=server.base_url, model="fake-model", api_key_env=None).model_dump()
         (tmp_path / "params.yaml").write_text(yaml.safe_dump({"teacher": teacher, "agent": agent}))
-        assert main(["ask", "High temperature on a compressor?", "--trace"]) == 0
+        assert main(["ask", "High temperature on a compressor?", "--trace", *paths]) == 0
     printed = capsys.readouterr().out.splitlines()
     first_mode = tools.failure_modes_for_sensor("Compressor", "temperature")[0]["item"]
     component = tools.components_for_failure_mode("Compressor", first_mode)[0]["item"]
@@ -316,7 +319,26 @@ def test_an_endpoint_failure_stops_the_evaluation(tools, tasks, tmp_path):
     questions = agent_questions(tasks, "test", per_kind=1, seed=0)
     questions["question"] = questions["question"] + " [500xinf]"  # the fake server always fails
     with FakeOpenAI() as server:
-        config = TeacherConfig(base_url=server.base_url, model="fake-model", api_key_env=None, retries=0)
+        config = teacher_config(base_url=server.base_url, model="fake-model", api_key_env=None, retries=0)
         with Teacher(config, tmp_path / "c.sqlite") as teacher, pytest.raises(AgentGenerationError) as raised:
             evaluate_agent(build_agent(tools, teacher, max_steps=2), questions, [], progress=False)
     assert isinstance(raised.value.__cause__, TeacherError)
+
+
+def test_a_tool_asks_exactly_as_the_embedder_was_trained(tasks, tiny_embedder, tmp_path):
+    """No train/serve skew: for every query of the tool tasks, the tool's query (with the row's
+    instruction) is the training query byte for byte, augmented or not."""
+    entities = query_entities(tasks)
+    # every third entity undescribed, as where the teacher failed: no description, and no stray space
+    described = entities.assign(
+        description=[f"{e} is a thing." if i % 3 else "" for i, e in enumerate(entities["entity"])]
+    )
+    rows = augment(tasks, description_lookup(described), 0.5, seed=0)
+    rows = rows[rows["task"].isin(TOOL_TASKS.values())]
+    tasks_file, descriptions_file = tmp_path / "tasks.parquet", tmp_path / "descriptions.parquet"
+    rows.to_parquet(tasks_file)
+    described.to_parquet(descriptions_file)
+    for augmented, group in rows.groupby("augmented"):
+        tools = EmbedderTools(tiny_embedder[0], tasks_file, descriptions_file, augment=bool(augmented))
+        asked = [tools.query(r.task, list(r.entities), r.instruction) for r in group.itertuples()]
+        assert asked == group["query"].tolist() and len(asked) > 100

@@ -30,3 +30,50 @@ def test_mcqa_writes_parquet(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["questions"] == 50 and summary["by_asset"]["pump"] == 5
     assert len(pd.read_parquet(out)) == 50
+
+
+def test_exp_run_passes_an_overlay_file_as_set_params(tmp_path, monkeypatch):
+    import subprocess
+
+    calls = []
+    monkeypatch.setattr(subprocess, "call", lambda command: calls.append(command) or 0)
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(
+        "train_student:\n  sft:\n    learning_rate: 5e-6\n  variants:\n    kd_base: {student: student_pt}\n"
+        "  lora:\n    target_modules: [q_proj, v_proj]\n"
+    )
+    assert main(["exp", "run", str(overlay), "-n", "full", "--queue"]) == 0
+    assert calls == [
+        ["dvc", "exp", "run"]
+        + ["-S", "train_student.sft.learning_rate=5.0e-06"]
+        + ["-S", "train_student.variants.kd_base.student=student_pt"]
+        + ["-S", "train_student.lora.target_modules=[q_proj, v_proj]"]
+        + ["-n", "full", "--queue"]
+    ]
+
+
+def test_every_overlay_in_configs_names_only_existing_params():
+    """configs/*.yaml change params.yaml's settings; a key that is not there would be a silent no-op."""
+    import yaml
+    from conftest import REPO
+
+    from alia.params import overlay_args
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for overlay in sorted((REPO / "configs").glob("*.yaml")):
+        for arg in overlay_args(overlay)[1::2]:
+            node = params
+            for key in arg.split("=", 1)[0].split("."):
+                assert isinstance(node, dict) and key in node, f"{overlay.name}: {arg} is not in params.yaml"
+                node = node[key]
+
+
+def test_ask_defaults_are_the_paths_eval_agent_reads():
+    """`alia ask` and stage eval_agent use the same pipeline outputs: one is never left behind."""
+    import yaml
+    from conftest import REPO
+
+    from alia.cli import ASK_DEFAULTS
+
+    command = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["eval_agent"]["cmd"].split()
+    assert command[2:5] == [ASK_DEFAULTS["embedder"], ASK_DEFAULTS["tasks"], ASK_DEFAULTS["descriptions"]]

@@ -94,7 +94,7 @@ def _qa_answers():
         {
             "source_doc_id": ["d1", "d2", "d3"],
             "equipment_class": ["Pumps", "Valves", "Fans"],
-            "prompt": "qa_generation",
+            "prompt": "kd_qa",
             "prompt_hash": "h",
             "teacher_model": "m",
             "cache_key": ["k1", "k2", "k3"],

@@ -11,6 +11,7 @@ from alia.embed_tasks import (
     assign_splits,
     augment,
     description_key,
+    description_lookup,
     finish,
     load_taxonomy,
     query_entities,
@@ -61,7 +62,8 @@ def test_splits_are_disjoint_by_asset(rows):
 
 
 def test_augmentation_rate_and_content(rows):
-    descriptions = {e: f"About {e}." for e in query_entities(rows)["entity"]}
+    entities = query_entities(rows)
+    descriptions = description_lookup(entities.assign(description="About " + entities["entity"] + "."))
     augmented = augment(rows, descriptions, 0.3, seed=1)
     rate = augmented["augmented"].mean()
     assert abs(rate - 0.3) < 3 * (0.3 * 0.7 / len(rows)) ** 0.5  # within 3 standard errors

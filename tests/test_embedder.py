@@ -95,8 +95,9 @@ def test_training_pairs(tasks):
 @pytest.mark.parametrize("loss", ["contrastive", "mnrl"])
 def test_the_fine_tuned_model_reloads(tasks, tmp_path, loss):
     small = tasks[tasks["task"].isin(["E2CAT", "FM2CLS"])]
-    params = {"loss": loss, "pos_ratio": 0.5, "negatives_per_query": 2, "margin": 0.5, "epochs": 1}
-    params |= {"batch_size": 8, "learning_rate": 1e-4, "warmup_ratio": 0.0, "seed": 0}
+    training = {"num_train_epochs": 1, "per_device_train_batch_size": 8, "learning_rate": 1e-4}
+    params = {"loss": loss, "pos_ratio": 0.5, "negatives_per_query": 2, "margin": 0.5}
+    params["training"] = training | {"warmup_steps": 0, "seed": 0}
     result = train_embedder(MINILM, small, tmp_path / "embedder", params)
     assert result["steps"] > 0 and len(result["losses"]) == result["steps"]
     reloaded = SentenceTransformer(str(tmp_path / "embedder"))
@@ -110,9 +111,10 @@ def test_the_fine_tuned_model_reloads(tasks, tmp_path, loss):
 
 def test_a_decoder_embedder_trains_a_lora_adapter_with_last_token_pooling(tiny_lm, tasks, tmp_path):
     small = tasks[tasks["task"] == "E2CAT"]
-    lora = {"r": 4, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
-    params = {"loss": "mnrl", "epochs": 1, "batch_size": 4, "learning_rate": 1e-3, "warmup_ratio": 0.0}
-    params |= {"seed": 0, "negatives_per_query": 0, "lora": lora}
+    lora = {"r": 4, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+    training = {"num_train_epochs": 1, "per_device_train_batch_size": 4, "learning_rate": 1e-3}
+    params = {"loss": "mnrl", "negatives_per_query": 0, "lora": lora}
+    params["training"] = training | {"warmup_steps": 0, "seed": 0}
     result = train_embedder(tiny_lm, small, tmp_path / "decoder", params)
     # 2 layers x (q_proj 32->32: A 4x32 + B 32x4; v_proj 32->16, 2 kv heads: A 4x32 + B 16x4)
     assert result["steps"] > 0 and result["trainable_params"] == 2 * (4 * 32 + 32 * 4 + 4 * 32 + 16 * 4)

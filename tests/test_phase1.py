@@ -4,20 +4,14 @@ import re
 
 import pandas as pd
 import pytest
-from conftest import REPO
+from conftest import REPO, teacher_config
 from fake_openai import FakeOpenAI
 
 from alia.generation import PROVENANCE_COLUMNS
-from alia.kg import from_tables
-from alia.phase1 import (
-    add_discovered_sensors,
-    add_relevance,
-    check_relevance,
-    discover_sensors,
-    relevance_items,
-)
+from alia.kg import add_discovered_sensors, add_relevance, from_tables
+from alia.phase1 import check_relevance, discover_sensors, relevance_items
 from alia.prompts import load_prompt
-from alia.teacher import Teacher, TeacherConfig
+from alia.teacher import Teacher
 
 SENSORS_BY_CLASS = {
     "Pumps": "1. Vibration sensor\n2. **Bearing temperature**\n3. Oil debris/ contamination\n4. Flow meter",
@@ -40,7 +34,7 @@ def relevance_answer(messages):
 
 
 def teacher(server, tmp_path) -> Teacher:
-    config = TeacherConfig(base_url=server.base_url, model="fake-model", api_key_env=None, max_reasks=1)
+    config = teacher_config(base_url=server.base_url, model="fake-model", api_key_env=None, max_reasks=1)
     return Teacher(config, tmp_path / "cache.sqlite")
 
 
@@ -119,7 +113,7 @@ def test_relevance_items_grid(tables, discovered):
 def test_relevance_labels_and_kg_edges(tables, discovered, tmp_path):
     items = pd.DataFrame(
         {
-            "asset": ["Pumps"] * 3,
+            "equipment_class": ["Pumps"] * 3,
             "failure_mode": ["vibration"] * 3,
             "sensor": ["vibration", "oil debris", "bearing temperature"],
         }
@@ -138,7 +132,7 @@ def test_relevance_labels_and_kg_edges(tables, discovered, tmp_path):
 
 
 def test_key_entities_extend_the_kg(tables):
-    from alia.corpora import add_key_entities
+    from alia.kg import add_key_entities
 
     kg = from_tables(tables)
     entities = pd.DataFrame(

@@ -1,4 +1,5 @@
-"""End to end: `dvc repro` of tables and kg in a fresh copy of the project, then DVC remotes.
+"""End to end: `dvc repro` in a fresh copy of the project (the teacher a fake OpenAI-compatible server on
+127.0.0.1), experiments, and DVC remotes.
 
 The copy is a new git + DVC repository holding exactly what a clone holds (code, params, raw data),
 so these tests see what a user sees after `git clone`.
@@ -30,7 +31,7 @@ PROJECT_FILES = [
     "data/iso14224_taxonomy.yaml",
     "configs",
 ]
-OUTPUTS = ["data/tables", "data/kg"]
+OUTPUTS = ["data/tables"]
 BIN = Path(sys.executable).parent
 
 
@@ -48,7 +49,7 @@ def git(*args: str, cwd: Path) -> str:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    """A fresh repository with the project's files, after `dvc repro kg` (which runs tables too)."""
+    """A fresh repository with the project's files, after `dvc repro tables`."""
     root = tmp_path_factory.mktemp("project")
     for name in PROJECT_FILES:
         src, dst = REPO / name, root / name
@@ -56,8 +57,8 @@ def project(tmp_path_factory) -> Path:
         (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
     git("init", "-q", cwd=root)
     run(["dvc", "init", "-q"], root)
-    out = run(["dvc", "repro", "kg"], root)
-    assert "Running stage 'tables'" in out and "Running stage 'kg'" in out
+    out = run(["dvc", "repro", "tables"], root)
+    assert "Running stage 'tables'" in out
     git("add", "-A", cwd=root)
     git("commit", "-qm", "pipeline", cwd=root)
     return root
@@ -65,52 +66,52 @@ def project(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_repro_outputs_and_metrics(project):
-    metrics = yaml.safe_load((project / "metrics" / "kg.json").read_text())
-    assert metrics["nodes"]["equipment_class"] == 44 and metrics["edges"]["relevant_to"] == 568
     tables = yaml.safe_load((project / "metrics" / "tables.json").read_text())
     assert tables["relevant_ticks"] == 470
-    assert sorted(p.name for p in (project / "data" / "kg").iterdir()) == [
-        "edges.parquet",
-        "graph.graphml",
-        "nodes.parquet",
-    ]
-    assert "Data and pipelines are up to date" in run(["dvc", "status", "kg"], project)
+    assert len(list((project / "data" / "tables").glob("*.parquet"))) == 6
+    assert "Data and pipelines are up to date" in run(["dvc", "status", "tables"], project)
 
 
 @pytest.mark.slow
-def test_second_repro_does_nothing_and_a_kg_param_reruns_only_kg(project):
-    again = run(["dvc", "repro", "kg"], project)
+def test_second_repro_does_nothing_and_a_param_reruns_only_its_stage(project):
+    run(["dvc", "repro", "build_eval"], project)
+    again = run(["dvc", "repro", "build_eval"], project)
     assert "Running stage" not in again
     params = project / "params.yaml"
     original = params.read_text()
     try:
-        params.write_text(original.replace("graphml: true", "graphml: false"))
-        out = run(["dvc", "repro", "kg"], project)
-        assert "Running stage 'kg'" in out and "Running stage 'tables'" not in out
-        assert not (project / "data" / "kg" / "graph.graphml").exists()
+        params.write_text(original.replace("questions_per_cell: 1 ", "questions_per_cell: 2 "))
+        out = run(["dvc", "repro", "build_eval"], project)
+        assert "Running stage 'build_eval'" in out and "Running stage 'tables'" not in out
+        assert (
+            yaml.safe_load((project / "metrics" / "eval_set.json").read_text())["d_eval"]["questions"] == 80
+        )
     finally:
         params.write_text(original)
-        run(["dvc", "repro", "kg"], project)  # back to the committed state for the other tests
+        run(["dvc", "repro", "build_eval"], project)  # back to the committed state for the other tests
 
 
 @pytest.mark.slow
 def test_experiment_run_is_tagged_in_mlflow(project):
     # --temp runs in a copy under .dvc/tmp/exps, leaving the workspace as committed
     run(
-        ["dvc", "exp", "run", "--temp", "kg", "-n", "no-eval-assets", "-S", "kg.include_eval_assets=false"],
+        # a setting never run before: DVC's run cache would restore a known one without running it
+        ["dvc", "exp", "run", "--temp", "build_eval", "-n", "three-per-cell"]
+        + ["-S", "build_eval.questions_per_cell=3"],
         project,
     )
     import mlflow
 
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     runs = client.search_runs(
-        [client.get_experiment_by_name("alia").experiment_id], "tags.`dvc.exp_name` = 'no-eval-assets'"
+        [client.get_experiment_by_name("alia").experiment_id], "tags.`dvc.exp_name` = 'three-per-cell'"
     )
     assert len(runs) == 1
-    assert runs[0].data.metrics["nodes.asset"] == 0 and runs[0].data.metrics["nodes.equipment_class"] == 44
-    assert runs[0].data.tags["alia.stage"] == "kg"
+    assert runs[0].data.metrics["d_eval.questions"] == 120 and runs[0].data.metrics["expert.questions"] == 50
+    assert runs[0].data.tags["alia.stage"] == "build_eval"
+    assert runs[0].data.params["questions_per_cell"] == "3"
     shown = run(["dvc", "exp", "show", "--csv", "--no-pager"], project)
-    assert "no-eval-assets" in shown
+    assert "three-per-cell" in shown
 
 
 @pytest.mark.slow
@@ -134,8 +135,6 @@ def test_teacher_stage_keeps_the_key_out_and_reruns_only_on_its_prompt(project):
         metrics = yaml.safe_load((project / "metrics" / "sensor_discovery.json").read_text())
         assert (metrics["answers_ok"], metrics["sensors"], metrics["teacher"]["calls"]) == (8, 24, 8)
         assert metrics["new_sensor_names"] == 1  # "bearing temperature"; vibration and oil debris are ISO's
-        kg = yaml.safe_load((project / "metrics" / "kg.json").read_text())
-        assert metrics["kg_new_edges"] == 24 and kg["edges"]["total"] == 1571
 
         # the key is in no file DVC or MLflow wrote
         written = [
@@ -217,9 +216,9 @@ def test_kd_chain_and_a_rephrase_prompt_edit_reruns_only_that_style(project):
         params = yaml.safe_load(original)
         params["teacher"] |= {"base_url": server.base_url, "model": "fake-model", "api_key_env": None}
         params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-        run(["dvc", "repro", "rephrase", "qa_generation", "extend"], project)
+        run(["dvc", "repro", "kd_rephrase", "kd_qa", "kd_extend", "kg"], project)
 
-        base = pd.read_parquet(project / "data" / "kd" / "base.parquet")
+        base = pd.read_parquet(project / "data" / "corpora" / "kd_base.parquet")
         # 8 classes x (1 sensor document + 2 failure-mode documents + 3 pair documents)
         assert len(base) == 48 and base["relation"].value_counts().to_dict() == {
             "asset_sensor_failure_mode": 24,
@@ -230,7 +229,7 @@ def test_kd_chain_and_a_rephrase_prompt_edit_reruns_only_that_style(project):
             base
         )
         assert set(base["teacher_model"]) == {"fake-model"} and base["doc_id"].is_unique
-        stats = yaml.safe_load((project / "metrics" / "knowledge_generation.json").read_text())
+        stats = yaml.safe_load((project / "metrics" / "kd_base.json").read_text())
         assert stats["filtered"] == {
             "input": 48,
             "failed": 0,
@@ -240,28 +239,33 @@ def test_kd_chain_and_a_rephrase_prompt_edit_reruns_only_that_style(project):
             "near_duplicates": 0,
             "kept": 48,
         }
-        toddler = pd.read_parquet(project / "data" / "kd" / "rephrase" / "toddler.parquet")
+        toddler = pd.read_parquet(project / "data" / "corpora" / "kd_rephrase" / "toddler.parquet")
         assert len(toddler) == 6 and set(toddler["source_doc_id"]) <= set(base["doc_id"])
-        qa = pd.read_parquet(project / "data" / "kd" / "qa.parquet")
-        raft = pd.read_parquet(project / "data" / "kd" / "qa_raft.parquet")
+        qa = pd.read_parquet(project / "data" / "corpora" / "kd_qa.parquet")
+        raft = pd.read_parquet(project / "data" / "corpora" / "kd_qa_raft.parquet")
         assert len(qa) == len(raft) == 24 and (qa["context"] == "").all() and (raft["context"] != "").all()
-        extend = pd.read_parquet(project / "data" / "kd" / "extend.parquet")
-        entities = pd.read_parquet(project / "data" / "kd" / "entities.parquet")
+        extend = pd.read_parquet(project / "data" / "corpora" / "kd_extend.parquet")
+        entities = pd.read_parquet(project / "data" / "facts" / "key_entities.parquet")
         assert set(entities["kind"]) == {"entity", "sensor"}  # "Vibration sensor" is the known sensor
         # 8 documents read, all from the first 2 classes (6 KD_Base documents per class):
         # per class 2 entity documents and 1 interaction document
         assert extend["kind"].value_counts().to_dict() == {"entity": 4, "interaction": 2}
-        kg = yaml.safe_load((project / "metrics" / "extend.json").read_text())["kg"]
+        # the one graph: the tables', plus every teacher stage's facts, counted by origin
+        kg = yaml.safe_load((project / "metrics" / "kg.json").read_text())
         assert (
             kg["nodes"]["entity"] >= 3 and kg["edges"]["related_to"] > 0 and kg["edges"]["co_occurs_with"] > 0
         )
+        by_origin = kg["edges_by_origin"]
+        assert by_origin["sensor_discovery"] == 24 and by_origin["relevance_check"] >= 8 * 3 * 3
+        assert by_origin["key_entities"] == kg["edges"]["related_to"] + kg["edges"]["co_occurs_with"]
+        assert sum(by_origin.values()) == kg["edges"]["total"]
 
         calls = len(server.requests)
-        prompt = project / "prompts" / "rephrase_toddler.yaml"
+        prompt = project / "prompts" / "kd_rephrase_toddler.yaml"
         prompt.write_text(prompt.read_text().replace("very simple words", "very simple, short words"))
-        out = run(["dvc", "repro", "rephrase", "qa_generation", "extend"], project)
+        out = run(["dvc", "repro", "kd_rephrase", "kd_qa", "kd_extend", "kg"], project)
         ran = [line for line in out.splitlines() if line.startswith("Running stage")]
-        assert ran == ["Running stage 'rephrase@toddler':"]
+        assert ran == ["Running stage 'kd_rephrase@toddler':"]
         assert len(server.requests) == calls + 6  # the six toddler rewrites, nothing else
     params_file.write_text(original)
     git("checkout", "--", "prompts", cwd=project)
@@ -273,54 +277,56 @@ def test_student_training_and_evaluation_stages(project):
     params_file = project / "params.yaml"
     original = params_file.read_text()
     params = yaml.safe_load(original)
-    params["train_student"]["variants"] = {k: params["train_student"]["variants"][k] for k in ("base", "qa")}
-    params["train_student"]["training"] |= {"max_steps": 2, "batch_size": 2, "save_steps": 1}
-    params["eval_student"]["models"] = {
-        "untuned_instruct": "models/base/student_instruct",
-        "qa": "models/student/qa",
-    }
+    variants = params["train_student"]["variants"]
+    params["train_student"]["variants"] = {k: variants[k] for k in ("kd_base", "kd_qa")}
+    params["train_student"]["sft"] |= {"max_steps": 2, "per_device_train_batch_size": 2, "save_steps": 1}
+    params["eval_student"]["models"] = {"student_instruct": "pretrained", "kd_qa": "student"}
     params["eval_student"]["max_questions"] = 6
     stages = ["train_student", "mcqa_summary"]
     with FakeOpenAI(kd_teacher_answer) as server:  # the KD corpora upstream, should they need a run
         params["teacher"] |= {"base_url": server.base_url, "model": "fake-model", "api_key_env": None}
         params_file.write_text(yaml.safe_dump(params, sort_keys=False))
         out = run(["dvc", "repro", *stages], project)
-    for stage in ("build_eval", "train_student@base", "train_student@qa", "eval_student@qa", "mcqa_summary"):
+    for stage in (
+        "train_student@kd_base",
+        "train_student@kd_qa",
+        "eval_student@kd_qa",
+    ):  # build_eval ran before
         assert f"Running stage '{stage}'" in out
-    assert "Running stage 'eval_student@untuned_base'" not in out
+    assert "Running stage 'mcqa_summary'" in out and "Running stage 'eval_student@student_pt'" not in out
 
     d_eval = pd.read_parquet(project / "data" / "eval" / "questions" / "d_eval.parquet")
     expert = pd.read_parquet(project / "data" / "eval" / "questions" / "expert.parquet")
     assert len(d_eval) == 40 and len(expert) == 50 and list(d_eval.columns) == list(expert.columns)
 
-    adapter = project / "models" / "student" / "qa"
+    adapter = project / "models" / "student" / "kd_qa"
     config = yaml.safe_load((adapter / "adapter_config.json").read_text())
-    assert config["base_model_name_or_path"] == "models/base/student_instruct" and config["r"] == 8
-    trained = yaml.safe_load((project / "metrics" / "train" / "qa.json").read_text())
-    losses = yaml.safe_load((project / "metrics" / "plots" / "train" / "qa.json").read_text())
+    assert config["base_model_name_or_path"] == "models/pretrained/student_instruct" and config["r"] == 8
+    trained = yaml.safe_load((project / "metrics" / "train_student" / "kd_qa.json").read_text())
+    losses = yaml.safe_load((project / "metrics" / "plots" / "train_student" / "kd_qa.json").read_text())
     assert trained["steps"] == 2 and [row["step"] for row in losses] == [1, 2]
-    assert trained["replay_examples"] >= 1 and not (project / "checkpoints" / "student" / "qa").exists()
+    assert trained["replay_examples"] >= 1 and not (project / "checkpoints" / "student" / "kd_qa").exists()
 
-    metrics = yaml.safe_load((project / "metrics" / "mcqa" / "qa.json").read_text())
-    predictions = pd.read_parquet(project / "data" / "eval" / "predictions" / "qa.parquet")
-    assert metrics["prompt_style"] == "chat" and metrics["base_model"] == "models/base/student_instruct"
+    metrics = yaml.safe_load((project / "metrics" / "mcqa" / "kd_qa.json").read_text())
+    predictions = pd.read_parquet(project / "data" / "eval" / "predictions" / "kd_qa.parquet")
+    assert metrics["prompt_style"] == "chat" and metrics["base_model"] == "models/pretrained/student_instruct"
     for name in ("d_eval", "expert"):
         rows = predictions[predictions["set"] == name]
         assert metrics[name]["questions"] == len(rows) == 6
         assert metrics[name]["acc"] == round(rows["acc"].mean(), 4)
         assert metrics[name]["undecided"] == rows["undecided"].sum()
-    breakdown = yaml.safe_load((project / "metrics" / "mcqa_breakdown" / "qa.json").read_text())
+    breakdown = yaml.safe_load((project / "metrics" / "mcqa_breakdown" / "kd_qa.json").read_text())
     assert sum(group["questions"] for group in breakdown["d_eval"]["by_form"].values()) == 6
     assert not any(key.startswith("by_") for key in metrics["d_eval"])  # dvc exp show stays readable
     summary = (project / "metrics" / "mcqa_summary.md").read_text()
-    assert "| untuned_instruct | - | chat |" in summary and "| qa | untuned_instruct | chat |" in summary
+    assert "| student_instruct | - | chat |" in summary and "| kd_qa | student_instruct | chat |" in summary
 
     import mlflow
 
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     runs = client.search_runs(
         [client.get_experiment_by_name("alia").experiment_id],
-        "tags.`alia.stage` = 'train_student' and tags.`alia.variant` = 'qa'",
+        "tags.`alia.stage` = 'train_student' and tags.`alia.variant` = 'kd_qa'",
     )
     assert len(runs) == 1 and runs[0].data.params["lora.r"] == "8"
     assert len(client.get_metric_history(runs[0].info.run_id, "loss")) == 2  # the loss curve, per step
@@ -363,7 +369,8 @@ def test_embedder_and_agent_stages(project):
     params_file = project / "params.yaml"
     original = params_file.read_text()
     params = yaml.safe_load(original)
-    params["train_embedder"] |= {"loss": "mnrl", "batch_size": 64}
+    params["train_embedder"]["loss"] = "mnrl"
+    params["train_embedder"]["training"]["per_device_train_batch_size"] = 64
     params["eval_agent"] |= {"questions_per_kind": 1}
     with FakeOpenAI(agent_and_description_answer) as server:
         params["teacher"] |= {"base_url": server.base_url, "model": "fake-model", "api_key_env": None}
@@ -384,12 +391,12 @@ def test_embedder_and_agent_stages(project):
     assert trained["pairs"] == tasks.loc[tasks["split"] == "train", "relevant"].map(len).sum()
     assert (project / "models" / "embedder" / "modules.json").exists()
     metrics = yaml.safe_load((project / "metrics" / "embedder.json").read_text())
-    assert set(metrics) == {"base", "finetuned", "bm25"}
+    assert set(metrics) == {"pretrained", "finetuned", "bm25"}
     test_counts = tasks[tasks["split"] == "test"]["task"].value_counts().to_dict()
     for system in metrics.values():
         assert {t: r["queries"] for t, r in system.items() if t != "macro"} == test_counts
         assert 0 <= system["macro"]["ndcg@10"] <= 1
-    assert metrics["base"] != metrics["finetuned"]  # it trained
+    assert metrics["pretrained"] != metrics["finetuned"]  # it trained
     assert "| macro | 100 |" in (project / "metrics" / "embedder.md").read_text()
 
     agent = yaml.safe_load((project / "metrics" / "agent.json").read_text())
@@ -406,12 +413,12 @@ def test_embedder_and_agent_stages(project):
 
 
 def _push_then_pull_into_a_clone(project: Path, tmp_path: Path, remote: str, env: dict | None = None) -> Path:
-    run(["dvc", "push", "--with-deps", "-r", remote, "kg"], project, env)
+    run(["dvc", "push", "--with-deps", "-r", remote, "tables"], project, env)
     clone = tmp_path / "clone"
     git("clone", "-q", str(project), str(clone), cwd=tmp_path)
     for output in OUTPUTS:
         assert not (clone / output).exists()
-    run(["dvc", "pull", "--with-deps", "-r", remote, "kg"], clone, env)
+    run(["dvc", "pull", "--with-deps", "-r", remote, "tables"], clone, env)
     for output in OUTPUTS:
         comparison = filecmp.dircmp(project / output, clone / output)
         assert comparison.left_list == comparison.right_list and comparison.left_list
@@ -419,7 +426,7 @@ def _push_then_pull_into_a_clone(project: Path, tmp_path: Path, remote: str, env
             project / output, clone / output, comparison.left_list, shallow=False
         )
         assert mismatch == [] and errors == []
-    assert "Data and pipelines are up to date" in run(["dvc", "status", "kg"], clone)
+    assert "Data and pipelines are up to date" in run(["dvc", "status", "tables"], clone)
     return clone
 
 
@@ -429,7 +436,7 @@ def test_push_and_pull_through_a_local_remote(project, tmp_path):
     run(["dvc", "remote", "add", "shared-disk", str(storage)], project)
     git("commit", "-qam", "shared-disk remote", cwd=project)
     _push_then_pull_into_a_clone(project, tmp_path, "shared-disk")
-    assert len([p for p in storage.rglob("*") if p.is_file()]) >= 9
+    assert len([p for p in storage.rglob("*") if p.is_file()]) >= 6  # the 6 tables, content-addressed
 
 
 def _free_port() -> int:
@@ -479,7 +486,7 @@ def test_push_and_pull_through_s3(project, tmp_path, s3_server):
         aws_secret_access_key="testing",
         region_name="us-east-1",
     ).list_objects_v2(Bucket="alia-test", Prefix="dvcstore/")
-    assert listed["KeyCount"] >= 5  # the 6 tables and 3 KG files, content-addressed
+    assert listed["KeyCount"] >= 6  # the 6 tables, content-addressed
 
 
 def test_default_remote_is_outside_the_repository():

@@ -17,12 +17,12 @@ PROMPTS = REPO / "prompts"
 SEED_PROMPTS = [
     "sensor_discovery",
     "relevance_check",
-    "knowledge_generation",
-    "rephrase_toddler",
-    "rephrase_scholar",
-    "rephrase_wikipedia",
-    "rephrase_qa",
-    "qa_generation",
+    "kd_base",
+    "kd_rephrase_toddler",
+    "kd_rephrase_scholar",
+    "kd_rephrase_wikipedia",
+    "kd_rephrase_qa",
+    "kd_qa",
     "key_entities",
 ]
 
@@ -35,7 +35,7 @@ def test_seed_prompts_load(name):
 
 def test_rendering_and_missing_variables():
     prompt = load_prompt("relevance_check", PROMPTS)
-    system, user = prompt.messages(asset="Pumps", failure_mode="bearing wear", sensor="oil debris")
+    system, user = prompt.messages(equipment_class="Pumps", failure_mode="bearing wear", sensor="oil debris")
     assert system["role"] == "system" and "reliability engineer" in system["content"]
     assert user["content"].splitlines()[:3] == [
         "Asset: Pumps",
@@ -43,16 +43,20 @@ def test_rendering_and_missing_variables():
         "Sensor: oil debris",
     ]
     with pytest.raises(jinja2.UndefinedError, match="'sensor' is undefined"):
-        prompt.messages(asset="Pumps", failure_mode="bearing wear")
+        prompt.messages(equipment_class="Pumps", failure_mode="bearing wear")
 
 
-def test_knowledge_generation_relations():
-    prompt = load_prompt("knowledge_generation", PROMPTS)
+def test_kd_base_relations():
+    prompt = load_prompt("kd_base", PROMPTS)
     facts = ["vibration detects misalignment", "oil debris detects bearing wear"]
-    text = prompt.messages(relation="asset_sensor_failure_mode", asset="Pumps", facts=facts)[1]["content"]
+    text = prompt.messages(relation="asset_sensor_failure_mode", equipment_class="Pumps", facts=facts)[1][
+        "content"
+    ]
     assert "each sensor below helps detect the failure mode" in text
     assert "- vibration detects misalignment\n- oil debris detects bearing wear" in text
-    text = prompt.messages(relation="asset_sensor", asset="Pumps", facts=["vibration"])[1]["content"]
+    text = prompt.messages(relation="asset_sensor", equipment_class="Pumps", facts=["vibration"])[1][
+        "content"
+    ]
     assert text.startswith("Write a short technical paragraph explaining how the following sensors")
 
 

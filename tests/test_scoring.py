@@ -161,14 +161,14 @@ def test_summary_metrics_by_hand():
 
 def test_summary_table_compares_with_the_untuned_model():
     untuned = {
-        "model": "models/base/s",
-        "base_model": "models/base/s",
+        "model": "models/pretrained/s",
+        "base_model": "models/pretrained/s",
         "prompt_style": "chat",
         "d_eval": {"questions": 40, "acc": 0.25, "acc_ci95": [0.1, 0.4], "exact_match": 0.2},
     }
     trained = {
         "model": "models/student/qa",
-        "base_model": "models/base/s",
+        "base_model": "models/pretrained/s",
         "prompt_style": "chat",
         "d_eval": {"questions": 40, "acc": 0.35, "acc_ci95": [0.2, 0.5], "exact_match": 0.1},
     }

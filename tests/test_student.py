@@ -8,26 +8,29 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
+from alia.corpora import read_corpus
 from alia.scoring import load_model
-from alia.student import play_passages, read_corpus, train_adapter, training_examples
+from alia.student import play_passages, train_adapter, training_examples
 
-LORA = {"r": 4, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
-TRAINING = {
-    "epochs": 1,
+LORA = {"r": 4, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+TRAINING = {  # SFTConfig fields, as params.yaml train_student.sft holds them
+    "num_train_epochs": 1,
     "max_steps": 4,
-    "batch_size": 2,
+    "per_device_train_batch_size": 2,
     "gradient_accumulation_steps": 1,
     "learning_rate": 5e-2,
-    "lr_scheduler": "constant",
-    "warmup_ratio": 0.0,
+    "lr_scheduler_type": "constant",
+    "warmup_steps": 0.0,
     "weight_decay": 0.0,
     "optim": "adamw_torch",
-    "dtype": "float32",
     "bf16": False,
     "activation_checkpointing": False,
     "max_length": 64,
+    "packing_strategy": "wrapped",
     "save_steps": 2,
+    "save_total_limit": 2,
     "seed": 0,
+    "data_seed": 0,
 }
 DOCUMENTS = pd.DataFrame(
     {"text": [f"Document {i}: vibration monitoring reveals bearing wear in pump {i}." * 3 for i in range(9)]}
@@ -96,7 +99,9 @@ def test_adapter_round_trip(tiny_lm, tmp_path):
     from transformers import AutoModelForCausalLM
 
     examples, _ = training_examples(DOCUMENTS, "text", 0.0)
-    result = train_adapter(tiny_lm, examples, "text", tmp_path / "adapter", tmp_path / "ckpt", LORA, TRAINING)
+    result = train_adapter(
+        tiny_lm, examples, "text", tmp_path / "adapter", tmp_path / "ckpt", LORA, TRAINING, dtype="float32"
+    )
     assert result["steps"] == 4 and len(result["losses"]) == 4 and result["resumed_from_step"] == 0
     assert result["last_loss"] < result["first_loss"]  # a high rate on one repeated sentence: it learns
     assert not (tmp_path / "ckpt").exists()  # finished: no checkpoint left to resume
@@ -138,7 +143,7 @@ def crashed_run(tiny_lm, tmp_path) -> dict:
         lora=LORA,
     )
     with pytest.raises(KeyboardInterrupt):
-        train_adapter(**run, training=TRAINING, callbacks=[CrashAfter(3)])
+        train_adapter(**run, sft=TRAINING, callbacks=[CrashAfter(3)])
     return run
 
 
@@ -146,15 +151,15 @@ def test_resume_after_interruption(crashed_run, tmp_path):
     assert sorted(p.name for p in (tmp_path / "ckpt").glob("checkpoint-*")) == ["checkpoint-2"]
     assert not (tmp_path / "adapter").exists()
 
-    resumed = train_adapter(**crashed_run, training=TRAINING)
+    resumed = train_adapter(**crashed_run, sft=TRAINING)
     assert resumed["resumed_from_step"] == 2 and resumed["steps"] == 4
-    uninterrupted = train_adapter(**crashed_run | {"out_dir": tmp_path / "again"}, training=TRAINING)
+    uninterrupted = train_adapter(**crashed_run | {"out_dir": tmp_path / "again"}, sft=TRAINING)
     assert uninterrupted["resumed_from_step"] == 0
     # the resumed run continued the same optimisation: same last loss as a run never interrupted
     assert resumed["last_loss"] == pytest.approx(uninterrupted["last_loss"], rel=1e-4)
 
 
 def test_checkpoints_of_another_training_are_not_resumed(crashed_run, tmp_path):
-    changed = train_adapter(**crashed_run, training=TRAINING | {"learning_rate": 1e-2})
+    changed = train_adapter(**crashed_run, sft=TRAINING | {"learning_rate": 1e-2})
     assert changed["resumed_from_step"] == 0 and changed["steps"] == 4
     assert Path(tmp_path / "adapter" / "adapter_config.json").exists()

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import teacher_config
 from fake_openai import FakeOpenAI
 
 from alia.prompts import KeyEntities, json_parser, parse_numbered_list
@@ -25,7 +26,7 @@ def server():
 
 def config(server: FakeOpenAI, **overrides) -> TeacherConfig:
     defaults = {"retries": 3, "timeout": 5, "concurrency": 4}
-    return TeacherConfig(
+    return teacher_config(
         base_url=server.base_url, model="fake-model", api_key_env=None, **defaults | overrides
     )
 
@@ -140,7 +141,7 @@ def test_json_schema_is_sent_as_response_format_and_keys_the_cache(tmp_path):
             assert (sent or {}).get("type") == expected
         assert len(server.requests) == 3  # each format is its own cache entry
     assert sent is None
-    fmt = TeacherConfig(structured_output="auto").response_format(KeyEntities)  # base_url local
+    fmt = teacher_config(structured_output="auto").response_format(KeyEntities)  # base_url local
     assert fmt["type"] == "json_object" and fmt["schema"]["required"] == ["summary", "entities"]
 
 
@@ -170,7 +171,7 @@ def test_api_key_is_sent_and_never_stored(server, tmp_path, monkeypatch):
 
 def test_a_setup_error_stops_at_once_and_is_not_counted_as_prompt_failures(tmp_path):
     """The local server cannot start: one clear error, not one failure per prompt."""
-    cfg = TeacherConfig(local={"model": str(tmp_path / "missing.gguf")})
+    cfg = teacher_config(local={"model": str(tmp_path / "missing.gguf")})
     with (
         Teacher(cfg, tmp_path / "c.sqlite") as teacher,
         pytest.raises(ValueError, match="must name a GGUF file"),
@@ -181,17 +182,17 @@ def test_a_setup_error_stops_at_once_and_is_not_counted_as_prompt_failures(tmp_p
 
 def test_server_log_folder_is_created(tmp_path):
     """A fresh clone has no logs/ folder (it is ignored by git)."""
-    from alia.teacher import LocalServer, LocalServerConfig
+    from alia.llama_server import LocalServer
 
     log = tmp_path / "logs" / "teacher_server.log"
-    with LocalServer(LocalServerConfig(), "smollm2", log) as server:
+    with LocalServer(teacher_config().local, "smollm2", log) as server:
         assert server.process.poll() is None
     assert log.exists()
 
 
 def test_missing_api_key_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.delenv("ALIA_TEST_KEY", raising=False)
-    cfg = TeacherConfig(base_url="http://127.0.0.1:9/v1", api_key_env="ALIA_TEST_KEY")
+    cfg = teacher_config(base_url="http://127.0.0.1:9/v1", api_key_env="ALIA_TEST_KEY")
     with (
         Teacher(cfg, tmp_path / "c.sqlite") as teacher,
         pytest.raises(TeacherError, match="set the environment"),
@@ -230,7 +231,7 @@ def test_sigkill_mid_run_resumes_without_repeating_finished_prompts(server, tmp_
 @pytest.mark.slow
 def test_real_local_server_answers_and_is_stopped(tmp_path):
     """The default teacher: llama.cpp serving the packaged SmolLM2 GGUF on 127.0.0.1."""
-    cfg = TeacherConfig(temperature=0.0, max_tokens=32, concurrency=2)
+    cfg = teacher_config(temperature=0.0, max_tokens=32, concurrency=2)
     questions = [
         user("Name one sensor used to monitor a centrifugal pump."),
         user("What does a thermometer measure?"),

@@ -1,3 +1,5 @@
+import json
+
 import mlflow
 import pytest
 
@@ -49,3 +51,32 @@ def test_long_params_fit_mlflow_limit():
     flat = flatten_params({"prompt": "x" * 2000, "nested": {"deep": {"k": 1}}})
     assert len(flat["prompt"]) == MAX_PARAM_LENGTH and flat["prompt"].endswith("...")
     assert flat["nested.deep.k"] == "1"
+
+
+def test_finish_stage_writes_files_and_logs_every_number(store, tmp_path, capsys):
+    from alia.tracking import finish_stage
+
+    metrics = {"questions": 40, "d_eval": {"hit@1": 0.25, "ci": [0.1, 0.4], "by": {"pump": 3}}, "ok": True}
+    plot = [{"step": 1, "loss": 2.5}]
+    finish_stage(
+        "build_eval", metrics, tmp_path / "m" / "x.json", {"seed": 0}, plots={tmp_path / "p" / "x.json": plot}
+    )
+    assert json.loads((tmp_path / "m" / "x.json").read_text()) == metrics
+    assert json.loads((tmp_path / "p" / "x.json").read_text()) == plot
+    assert json.loads(capsys.readouterr().out.splitlines()[-1]) == metrics
+    (stored,) = mlflow.MlflowClient(store).search_runs(
+        [mlflow.get_experiment_by_name("alia").experiment_id], "tags.`alia.stage` = 'build_eval'"
+    )
+    # numbers only, nested names dotted, "@" spelled out (MLflow allows none)
+    assert stored.data.metrics == {"questions": 40, "d_eval.hit_at_1": 0.25, "d_eval.by.pump": 3}
+    assert stored.data.params == {"seed": "0"}
+
+
+def test_finish_stage_logs_into_the_run_in_progress(store, tmp_path):
+    from alia.tracking import finish_stage
+
+    with start_run("train_student", {"lora": {"r": 8}}, variant="kd_qa") as run:
+        finish_stage("train_student", {"steps": 2}, tmp_path / "m.json")
+    stored = mlflow.MlflowClient(store).get_run(run.info.run_id)
+    assert stored.data.metrics == {"steps": 2} and stored.data.params == {"lora.r": "8"}
+    assert len(mlflow.MlflowClient(store).search_runs([run.info.experiment_id])) == 1

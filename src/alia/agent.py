@@ -1,8 +1,9 @@
-"""The maintenance agent: a ReAct loop (smolagents' ToolCallingAgent) over the teacher endpoint, with
+"""The maintenance agent: a ReAct loop (smolagents' ToolCallingAgent) over an LLM endpoint, with
 the embedder's retrieval tools (alia.tools), and its evaluation on multi-step questions.
 
-Every model call goes through alia's Teacher (response cache, retries, token accounting): a re-run
-of the same questions costs nothing. Tool calls are the endpoint's native ones (vLLM, OpenAI), or,
+The agent's LLM is params.yaml `teacher:` with `agent.llm:` changes, and every one of its calls goes
+through alia's one client (alia.teacher: response cache, retries, token accounting): a re-run of the
+same questions costs nothing. Tool calls are the endpoint's native ones (vLLM, OpenAI), or,
 for a local llama.cpp model that has no tool-call format, one JSON action per step whose shape
 ({"thought", "name", "arguments"} for one of the tools) the endpoint is constrained to: even a 135M
 model then always produces a well-formed call.
@@ -24,13 +25,14 @@ from smolagents import ChatMessage, LogLevel, Model, Tool, ToolCallingAgent, too
 from smolagents.models import ChatMessageToolCall, ChatMessageToolCallFunction, MessageRole
 from smolagents.monitoring import TokenUsage
 
+from alia.prompts import PROMPTS_DIR
 from alia.teacher import LOCAL, Teacher, TeacherError
 from alia.tools import EmbedderTools
 
 TOOL_CALLING = ("auto", "native", "json")
 
 
-# --- the model: smolagents' interface over the Teacher ------------------------------------------
+# --- the model: smolagents' interface over alia's LLM client --------------------------------------
 
 
 # Lengths in characters: a constrained action that hits max_tokens is cut off mid-JSON, so the schema
@@ -72,21 +74,22 @@ def tool_call_schema(tools: list[Tool]) -> dict[str, Any]:
     }
 
 
-class TeacherModel(Model):
-    """A smolagents model whose every call is a `Teacher.chat` (cache, retries, token accounting).
+class ClientModel(Model):
+    """A smolagents model whose every call is a `Teacher.chat` of alia's client (cache, retries, token
+    accounting).
 
     tool_calling: "native" sends the tools (the endpoint returns tool calls), "json" constrains the
     answer to one JSON action (tool_call_schema), "auto" is "json" for the local llama.cpp server.
     """
 
-    def __init__(self, teacher: Teacher, tool_calling: str = "auto") -> None:
+    def __init__(self, llm: Teacher, tool_calling: str = "auto") -> None:
         if tool_calling not in TOOL_CALLING:
             raise ValueError(f"tool_calling {tool_calling!r}: expected one of {TOOL_CALLING}")
         if tool_calling == "auto":
-            tool_calling = "json" if teacher.config.base_url == LOCAL else "native"
+            tool_calling = "json" if llm.config.base_url == LOCAL else "native"
         # Plain-text messages, tool calls and results as assistant/user turns: any chat template takes them
-        super().__init__(flatten_messages_as_text=True, model_id=teacher.config.model)
-        self.teacher, self.tool_calling = teacher, tool_calling
+        super().__init__(flatten_messages_as_text=True, model_id=llm.config.model)
+        self.llm, self.tool_calling = llm, tool_calling
 
     def generate(
         self,
@@ -106,10 +109,10 @@ class TeacherModel(Model):
         )
         chat = json.loads(json.dumps(request.pop("messages")))  # plain dicts: their JSON keys the cache
         if as_json:
-            request["response_format"] = self.teacher.config.response_format(
+            request["response_format"] = self.llm.config.response_format(
                 tool_call_schema(tools_to_call_from), name="action"
             )
-        answer = self.teacher.chat(chat, **request)
+        answer = self.llm.chat(chat, **request)
         calls = [
             ChatMessageToolCall(
                 id=c["id"],
@@ -139,12 +142,15 @@ class TeacherModel(Model):
 # --- the agent ---------------------------------------------------------------------------------
 
 
+PROMPT_FILE = PROMPTS_DIR / "agent.yaml"
+
+
 def build_agent(
     tools: EmbedderTools,
-    teacher: Teacher,
+    llm: Teacher,
     max_steps: int,
     tool_calling: str = "auto",
-    prompt_file: str | Path = "prompts/agent.yaml",
+    prompt_file: str | Path = PROMPT_FILE,
 ) -> ToolCallingAgent:
     """A ToolCallingAgent with one tool per retrieval task, alia's system prompt (three unrelated
     examples) and at most `max_steps` actions; smolagents' own templates for everything else."""
@@ -157,28 +163,30 @@ def build_agent(
     templates["system_prompt"] = ours["system_prompt"]
     return ToolCallingAgent(
         tools=[tool(f) for f in tools.functions()],
-        model=TeacherModel(teacher, tool_calling),
+        model=ClientModel(llm, tool_calling),
         prompt_templates=templates,
         max_steps=max_steps,
         verbosity_level=LogLevel.OFF,
     )
 
 
-def agent_from_params(params: dict[str, Any], cache: str | Path) -> tuple[ToolCallingAgent, Teacher]:
-    """The agent of params.yaml `agent:` (tools over its embedder, the teacher with its overrides,
-    answering from and into `cache`). Close the returned Teacher when done (it may run a server)."""
+def agent_from_params(
+    params: dict[str, Any],
+    embedder: str | Path,
+    tasks: str | Path,
+    descriptions: str | Path,
+    cache: str | Path,
+) -> tuple[ToolCallingAgent, Teacher]:
+    """The agent of params.yaml `agent:`: tools over the `embedder` and the items of its `tasks` (with
+    the entities' `descriptions`), its LLM (`teacher:` with `agent.llm:` changes) answering from and
+    into `cache`. Close the returned client when done (it may run a local server)."""
     from alia.generation import stage_teacher
 
     tools = EmbedderTools(
-        params["embedder"],
-        params["tasks"],
-        params["descriptions"],
-        k=params["k"],
-        min_score=params["min_score"],
-        augment=params["augment"],
+        embedder, tasks, descriptions, k=params["k"], min_score=params["min_score"], augment=params["augment"]
     )
-    teacher = stage_teacher({"teacher": params.get("teacher", {}), "cache": cache})
-    return build_agent(tools, teacher, params["max_steps"], params["tool_calling"], params["prompt"]), teacher
+    llm = stage_teacher(params.get("llm"), cache)
+    return build_agent(tools, llm, params["max_steps"], params["tool_calling"]), llm
 
 
 @dataclass

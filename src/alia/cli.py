@@ -7,6 +7,12 @@ import json
 import os
 import sys
 
+ASK_DEFAULTS = {
+    "embedder": "models/embedder",
+    "tasks": "data/embed/tasks.parquet",
+    "descriptions": "data/embed/descriptions.parquet",
+}
+
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Where alia keeps things on this machine."""
@@ -54,15 +60,13 @@ def cmd_ask(args: argparse.Namespace) -> int:
     from alia.params import load_params
 
     params = load_params("agent")
-    for key in ("embedder", "tasks"):
-        if not Path(params[key]).exists():
-            print(
-                f"{params[key]} is missing: run `dvc repro train_embedder` (or `dvc pull`) first",
-                file=sys.stderr,
-            )
+    needed = [args.embedder, args.tasks] + ([args.descriptions] if params["augment"] else [])
+    for path in needed:
+        if not Path(path).exists():
+            print(f"{path} is missing: run `dvc repro train_embedder` (or `dvc pull`) first", file=sys.stderr)
             return 2
-    agent, teacher = agent_from_params(params, args.cache)
-    with teacher:
+    agent, llm = agent_from_params(params, args.embedder, args.tasks, args.descriptions, args.cache)
+    with llm:
         run = run_agent(agent, args.question)
     write_trace(args.trace_file, run.trace, append=True)  # every question's trace, one record per step
     if args.trace:
@@ -75,6 +79,17 @@ def cmd_ask(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def cmd_exp_run(args: argparse.Namespace, dvc_args: list[str]) -> int:
+    """`dvc exp run` with every setting of a params overlay file (configs/*.yaml) as `-S key=value`."""
+    import subprocess
+
+    from alia.params import overlay_args
+
+    command = ["dvc", "exp", "run", *overlay_args(args.overlay), *dvc_args]
+    print(" ".join(command), file=sys.stderr)
+    return subprocess.call(command)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,13 +113,25 @@ def main(argv: list[str] | None = None) -> int:
         "--trace", action="store_true", help="also print every thought, tool call and observation"
     )
     ask.add_argument("--trace-file", default="logs/agent_trace.jsonl", help="JSONL the trace is appended to")
-    ask.add_argument(
-        "--cache", default="logs/agent_cache.sqlite", help="the teacher's response cache for `ask`"
-    )
+    ask.add_argument("--cache", default="logs/agent_cache.sqlite", help="the LLM's response cache for `ask`")
+    # the pipeline's outputs, as dvc.yaml's eval_agent stage names them (a test keeps them equal)
+    ask.add_argument("--embedder", default=ASK_DEFAULTS["embedder"], help="the fine-tuned embedder")
+    ask.add_argument("--tasks", default=ASK_DEFAULTS["tasks"], help="embed_tasks' tasks.parquet")
+    ask.add_argument("--descriptions", default=ASK_DEFAULTS["descriptions"], help="its descriptions.parquet")
     ask.set_defaults(func=cmd_ask)
-    args = parser.parse_args(argv)
+    exp = sub.add_parser("exp", help="experiments with a params overlay file")
+    exp_run = exp.add_subparsers(dest="exp_command", required=True).add_parser(
+        "run",
+        help=cmd_exp_run.__doc__,
+        description=cmd_exp_run.__doc__ + " Further arguments go to dvc exp run, e.g. -n NAME, --queue.",
+    )
+    exp_run.add_argument("overlay", help="a YAML file shaped like params.yaml, e.g. configs/full_size.yaml")
+    exp_run.set_defaults(func=cmd_exp_run)
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.func is not cmd_exp_run:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
-        return args.func(args)
+        return args.func(args, rest) if args.func is cmd_exp_run else args.func(args)
     except BrokenPipeError:  # `alia kg ... | head`: the reader left, which is not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

@@ -11,13 +11,12 @@ import hashlib
 import re
 from collections import Counter
 from itertools import combinations
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from datasketch import MinHash, MinHashLSH
 
-from alia.kg import KnowledgeGraph, node_id
-from alia.prompts import Prompt
 from alia.vocabulary import LABEL_SEPARATOR, Canonicaliser, normalise_text
 
 RELATIONS = ("asset_sensor", "asset_failure_mode", "asset_sensor_failure_mode")
@@ -40,7 +39,8 @@ def knowledge_items(
     sensors_per_class: int,
     facts_per_document: int,
 ) -> pd.DataFrame:
-    """One row per document to write: (doc_id, asset, relation, facts), `facts_per_document` facts each.
+    """One row per document to write: (doc_id, equipment_class, relation, facts), `facts_per_document`
+    facts each.
 
     asset_sensor: the class's top sensors; asset_failure_mode: its first failure modes;
     asset_sensor_failure_mode: the (sensor, failure mode) pairs the relevance check said yes to.
@@ -62,7 +62,7 @@ def knowledge_items(
         for relation in RELATIONS:
             for chunk in _chunks(facts[relation], facts_per_document):
                 rows.append([doc_id("kd_base", cls, relation, *chunk), cls, relation, chunk])
-    return pd.DataFrame(rows, columns=["doc_id", "asset", "relation", "facts"])
+    return pd.DataFrame(rows, columns=["doc_id", "equipment_class", "relation", "facts"])
 
 
 def _normalised(text: str) -> str:
@@ -207,11 +207,22 @@ def raft_records(
     return out
 
 
-def corpus_texts(kind: str, corpus: pd.DataFrame) -> list[str]:
-    """The text a student trains on, per passage: documents as they are; QA records as question and
-    answer; RAFT records with their context first."""
-    if kind in ("qa", "qa_raft"):
-        context = corpus["context"] + "\n\n" if kind == "qa_raft" else ""
+def read_corpus(path: str | Path) -> pd.DataFrame:
+    """A corpus Parquet file, or every Parquet file of a folder (e.g. the four kd_rephrase styles)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such corpus (its stage has not run: `dvc repro`)")
+    files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+    if not files:
+        raise FileNotFoundError(f"{path}: no Parquet corpus files")
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+
+def corpus_texts(name: str, corpus: pd.DataFrame) -> list[str]:
+    """The text a student trains on, per passage: documents as they are; QA records (kd_qa) as question
+    and answer; RAFT records (kd_qa_raft) with their context first."""
+    if name in ("kd_qa", "kd_qa_raft"):
+        context = corpus["context"] + "\n\n" if name == "kd_qa_raft" else ""
         return (context + corpus["question"] + "\n" + corpus["answer"]).tolist()
     return corpus["text"].tolist()
 
@@ -258,25 +269,6 @@ def key_entity_rows(
     return pd.DataFrame(rows, columns=ENTITY_COLUMNS)
 
 
-def add_key_entities(kg: KnowledgeGraph, entities: pd.DataFrame, prompt: Prompt) -> int:
-    """KD_Extend's links: class --related_to--> each key entity, and co_occurs_with between the
-    entities of one document (in the class's context). Returns the number of new edges."""
-    added = 0
-    for (source, cls_name), doc in entities.groupby(["source_doc_id", "equipment_class"], sort=False):
-        cls = node_id("equipment_class", cls_name)
-        ids = [kg.add_node(r.kind, r.entity, "llm", prompt.name) for r in doc.itertuples()]
-        for nid, key in zip(ids, doc["cache_key"], strict=True):
-            added += kg.add_edge(
-                cls, nid, "related_to", "llm", prompt.name, source_doc_id=source, cache_key=key
-            )
-        for i, a in enumerate(ids):
-            for b in ids[i + 1 :]:
-                added += kg.add_edge(
-                    a, b, "co_occurs_with", "llm", prompt.name, asset=cls, source_doc_id=source
-                )
-    return added
-
-
 def extend_items(entities: pd.DataFrame, entities_per_class: int, pairs_per_class: int) -> pd.DataFrame:
     """Entity-centric and interaction-centric documents to write: per class, the entities named in
     most of its documents, and the pairs of entities named together most often."""
@@ -292,4 +284,4 @@ def extend_items(entities: pd.DataFrame, entities_per_class: int, pairs_per_clas
         )
         for (a, b), _ in pairs.most_common(pairs_per_class):
             rows.append([doc_id("kd_extend", cls, a, b), cls, "interaction", a, b])
-    return pd.DataFrame(rows, columns=["doc_id", "asset", "kind", "entity", "other"])
+    return pd.DataFrame(rows, columns=["doc_id", "equipment_class", "kind", "entity", "other"])

@@ -20,6 +20,7 @@ are split at random. Every query starts with an instruction drawn from several p
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,6 +30,7 @@ import pyarrow as pa
 import yaml
 
 if TYPE_CHECKING:
+    from alia.prompts import Prompt
     from alia.teacher import Teacher
 
 SPLITS = ("train", "validation", "test")
@@ -139,13 +141,12 @@ def task_rows(matrix: pd.DataFrame, taxonomy: dict) -> pd.DataFrame:
     def add(task: str, asset: str, entities: list[str], relevant, candidates, provenance: str) -> None:
         relevant = sorted(set(relevant))
         if relevant:  # a query with nothing to find teaches and tests nothing
-            text = f"{entities[0]}: {entities[1]}" if len(entities) == 2 else entities[0]
             rows.append(
                 {
                     "task": task,
                     "asset": asset,
                     "entities": entities,
-                    "query_text": text,
+                    "query_text": query_text(entities),
                     "relevant": relevant,
                     "candidates": list(candidates),
                     "provenance": provenance,
@@ -210,18 +211,46 @@ def add_instructions(rows: pd.DataFrame, seed: int) -> pd.DataFrame:
     return rows.assign(instruction=instructions)
 
 
-def augment(rows: pd.DataFrame, descriptions: dict[str, str], augment_p: float, seed: int) -> pd.DataFrame:
-    """Each query, with probability `augment_p`, gets the descriptions of its entities appended."""
+# --- the query text: the one builder of what the embedder reads -----------------------------------
+
+
+def query_text(entities: Sequence[str]) -> str:
+    """The query's entities as text: "asset: failure mode", or the one entity."""
+    return f"{entities[0]}: {entities[1]}" if len(entities) == 2 else entities[0]
+
+
+def build_query(
+    instruction: str, entities: Sequence[str], descriptions: Mapping[str, str] | None = None
+) -> str:
+    """What the embedder reads: the instruction, the entities and, with `descriptions` (by
+    `description_key`, see `description_lookup`), the one-sentence descriptions of those that have one.
+
+    embed_tasks writes every training query with it and the agent's tools (alia.tools) theirs, so
+    that a tool asks exactly as the embedder was trained.
+    """
+    query = f"{instruction}\nQuery: {query_text(entities)}"
+    known = [descriptions[key] for e in entities if (key := description_key(e)) in (descriptions or {})]
+    return query + ("\n" + " ".join(known) if known else "")
+
+
+def description_lookup(entities: pd.DataFrame) -> dict[str, str]:
+    """embed_tasks' descriptions table (entity, description) by `description_key`; empty ones left out."""
+    return {
+        description_key(e): d for e, d in zip(entities["entity"], entities["description"], strict=True) if d
+    }
+
+
+def augment(rows: pd.DataFrame, descriptions: Mapping[str, str], augment_p: float, seed: int) -> pd.DataFrame:
+    """Each query, with probability `augment_p`, gets the descriptions of its entities appended
+    (`descriptions` by description_key)."""
     if not 0 <= augment_p <= 1:
         raise ValueError(f"augment_p {augment_p}: expected a probability in [0, 1]")
     rng = np.random.default_rng(seed)
     augmented = rng.random(len(rows)) < augment_p
-    queries = []
-    for row, extend in zip(rows.itertuples(), augmented, strict=True):
-        query = f"{row.instruction}\nQuery: {row.query_text}"
-        if extend:
-            query += "\n" + " ".join(descriptions[e] for e in row.entities)
-        queries.append(query)
+    queries = [
+        build_query(row.instruction, row.entities, descriptions if extend else None)
+        for row, extend in zip(rows.itertuples(), augmented, strict=True)
+    ]
     return rows.assign(query=queries, augmented=augmented)
 
 
@@ -278,21 +307,20 @@ def first_sentence(text: str) -> str:
     return text if end < 0 else text[: end + 1]
 
 
-def describe_entities(rows: pd.DataFrame, descriptions_dir: str | Path, teacher: Teacher) -> pd.DataFrame:
+def describe_entities(
+    rows: pd.DataFrame, descriptions_dir: str | Path, teacher: Teacher, prompt: Prompt
+) -> pd.DataFrame:
     """Every query entity with one sentence: the shared description where one exists, the teacher's
-    first sentence otherwise (source "shared", "teacher", or "none" where the teacher failed), with
-    the teacher's provenance columns."""
+    (`prompt`) first sentence otherwise (source "shared", "teacher", or "none" where the teacher
+    failed), with the teacher's provenance columns."""
     from alia.generation import ask_rows
-    from alia.prompts import load_prompt
 
     entities = query_entities(rows)
     seeds = seed_descriptions(descriptions_dir)
     entities["description"] = entities["entity"].map(lambda e: seeds.get(description_key(e), ""))
     entities["source"] = entities["description"].map(lambda d: "shared" if d else "teacher")
     missing = entities[entities["source"] == "teacher"]
-    asked, texts = ask_rows(
-        teacher, load_prompt("entity_description"), missing[["entity", "kind"]], "describe"
-    )
+    asked, texts = ask_rows(teacher, prompt, missing[["entity", "kind"]], "describe")
     entities.loc[missing.index, "description"] = [first_sentence(t) if t else "" for t in texts]
     entities.loc[missing.index[[not t for t in texts]], "source"] = "none"  # no augmentation for these
     return entities.merge(asked.drop(columns=["kind", "text"]), on="entity", how="left")

@@ -1,5 +1,5 @@
 """The industrial embedder: contrastive fine-tuning of a sentence-transformers model on the tasks of
-alia.embed_tasks, and its retrieval metrics next to the base model and BM25.
+alia.embed_tasks, and its retrieval metrics next to the pretrained model and BM25.
 
 Metrics are sentence-transformers' InformationRetrievalEvaluator's (accuracy@1 = HIT@1, MAP@100,
 NDCG@10, binary relevance, ties broken by item id); `ranking_metrics` computes the same numbers from
@@ -189,8 +189,10 @@ def train_embedder(
     params: dict[str, Any],
     report_to: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Fine-tune `base_model` on the train split with the loss in params; save it (sentence-transformers
-    format; only the adapter with `lora`) to `out_dir`. Returns the loss per step."""
+    """Fine-tune `base_model` on the train split with the loss in params (params.yaml train_embedder:
+    `training` holds SentenceTransformerTrainingArguments fields, `lora` peft LoraConfig fields); save
+    it (sentence-transformers format; only the adapter with `lora`) to `out_dir`. Returns the loss per
+    step."""
     from datasets import Dataset
     from sentence_transformers import (
         SentenceTransformer,
@@ -200,23 +202,15 @@ def train_embedder(
     from sentence_transformers.base.sampler import BatchSamplers
     from sentence_transformers.sentence_transformer import losses
 
-    torch.manual_seed(params["seed"])
-    # A causal LM checkpoint (e.g. models/base/student_instruct) loads with last-token pooling
+    training = params["training"]  # SentenceTransformerTrainingArguments fields
+    torch.manual_seed(training["seed"])
+    # A causal LM checkpoint (e.g. models/pretrained/student_instruct) loads with last-token pooling
     model = SentenceTransformer(str(base_model), device="cuda" if torch.cuda.is_available() else "cpu")
     if params.get("lora"):  # decoder embedders: train a LoRA adapter, the base stays frozen
         from peft import LoraConfig
 
-        lora = params["lora"]
-        model.add_adapter(
-            LoraConfig(
-                r=lora["r"],
-                lora_alpha=lora["alpha"],
-                lora_dropout=lora["dropout"],
-                target_modules=lora["target_modules"],
-                task_type="FEATURE_EXTRACTION",
-            )
-        )
-    pairs = training_pairs(tasks, params["loss"], params["negatives_per_query"], params["seed"])
+        model.add_adapter(LoraConfig(**params["lora"], task_type="FEATURE_EXTRACTION"))
+    pairs = training_pairs(tasks, params["loss"], params["negatives_per_query"], training["seed"])
     if params["loss"] == "contrastive":
         loss = losses.ContrastiveLoss(model, margin=params["margin"])
         sampler = partial(BalancedBatchSampler, pos_ratio=params["pos_ratio"])
@@ -224,12 +218,8 @@ def train_embedder(
         loss = losses.MultipleNegativesRankingLoss(model)
         sampler = BatchSamplers.NO_DUPLICATES  # an in-batch negative must not be another positive
     args = SentenceTransformerTrainingArguments(
+        **training,
         output_dir=str(Path(out_dir).parent / f".{Path(out_dir).name}-checkpoints"),
-        num_train_epochs=params["epochs"],
-        per_device_train_batch_size=params["batch_size"],
-        learning_rate=params["learning_rate"],
-        warmup_steps=params["warmup_ratio"],
-        seed=params["seed"],
         batch_sampler=sampler,
         logging_steps=1,
         save_strategy="no",

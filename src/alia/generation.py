@@ -8,7 +8,6 @@ raw text. Nothing is dropped here; filters downstream count what they remove.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,6 @@ import pandas as pd
 from alia.params import load_params
 from alia.prompts import Prompt
 from alia.teacher import Teacher, TeacherConfig
-from alia.tracking import start_run
 
 PROVENANCE_COLUMNS = [
     "prompt",
@@ -57,31 +55,23 @@ def ask_rows(
     return out, [a.parsed if a.ok else None for a in answers]
 
 
-# --- what every teacher-backed stage does around its own work -------------------------------
+# --- the teacher of a stage --------------------------------------------------------------------
 
 SERVER_LOG = "logs/teacher_server.log"
 
 
-def stage_teacher(params: dict[str, Any]) -> Teacher:
-    """The teacher of a stage: params.yaml `teacher:`, overridden by the stage's own `teacher:`
-    keys (say, a shorter max_tokens), answering from and into the stage's `cache`."""
-    base, overrides = load_params("teacher"), params.get("teacher", {})
+def teacher_config(
+    overrides: dict[str, Any] | None = None, params_file: str | Path = "params.yaml"
+) -> TeacherConfig:
+    """params.yaml `teacher:` with `overrides` (a stage's own `teacher:` keys, say a shorter max_tokens;
+    a `local` mapping changes single settings of the local server)."""
+    base, overrides = load_params("teacher", params_file), overrides or {}
     config = base | overrides
-    if "local" in overrides:  # a stage may change one setting of the local server (n_ctx, say)
+    if "local" in overrides:
         config["local"] = base.get("local", {}) | overrides["local"]
-    return Teacher(TeacherConfig(**config), params["cache"], server_log=SERVER_LOG)
+    return TeacherConfig(**config)
 
 
-def finish_stage(
-    stage: str, params: dict[str, Any], teacher: Teacher, metrics: dict, metrics_file: str
-) -> None:
-    """Write the stage's metrics (its own counts plus the teacher's) and log them to MLflow."""
-    import mlflow  # imported here: it takes seconds, and only the end of a stage needs it
-
-    metrics = {**metrics, "teacher": teacher.metrics()}
-    Path(metrics_file).parent.mkdir(parents=True, exist_ok=True)
-    Path(metrics_file).write_text(json.dumps(metrics, indent=2) + "\n")
-    with start_run(stage, params={stage: params, "teacher": teacher.config.model_dump()}):
-        mlflow.log_metrics({k: v for k, v in metrics.items() if not isinstance(v, dict)})
-        mlflow.log_metrics({f"teacher.{k}": v for k, v in metrics["teacher"].items()})
-    print(json.dumps(metrics))
+def stage_teacher(overrides: dict[str, Any] | None, cache: str | Path) -> Teacher:
+    """The teacher of a stage, answering from and into its response cache `cache`."""
+    return Teacher(teacher_config(overrides), cache, server_log=SERVER_LOG)

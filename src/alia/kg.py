@@ -9,9 +9,9 @@ The graph is a networkx MultiDiGraph whose nodes and edges are checked against a
     entity | sensor | f.m.   --co_occurs_with--> entity | sensor | failure_mode   (in one class's context)
 
 Every node and edge records its provenance: `source` is "table" (from the ISO tables) or "llm"
-(added by a teacher-LLM stage), `origin` names the file or prompt it came from. The `tables`-driven
-graph is built by `from_tables`; LLM stages read it back with `KnowledgeGraph.read`, add nodes and
-edges through the same `add_node`/`add_edge`, and write the grown graph as their own output.
+(added from a teacher stage's facts), `origin` names the file or prompt it came from. `build` makes
+the one graph of the pipeline (stage kg): `from_tables`, then the facts of sensor_discovery,
+relevance_check and kd_extend, each added through the same `add_node`/`add_edge`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 import pandas as pd
@@ -33,6 +33,10 @@ from alia.tables import (
     MATRIX_FILE,
     SourceTables,
 )
+from alia.vocabulary import LABEL_SEPARATOR
+
+if TYPE_CHECKING:  # annotations only: the graph needs no prompt code
+    from alia.prompts import Prompt
 
 NODE_TYPES = ("asset", "equipment_class", "failure_mode", "sensor", "entity")
 _ENTITY_LIKE = frozenset({"entity", "sensor", "failure_mode"})
@@ -148,10 +152,13 @@ class KnowledgeGraph:
         nodes = Counter(d["type"] for _, d in self.graph.nodes(data=True))
         edges = Counter(d["type"] for _, _, d in self.graph.edges(data=True))
         by_source = Counter(d["source"] for _, _, d in self.graph.edges(data=True))
+        by_origin = Counter(d["origin"] for _, _, d in self.graph.edges(data=True))
         return {
             "nodes": {t: nodes.get(t, 0) for t in NODE_TYPES} | {"total": self.graph.number_of_nodes()},
             "edges": {t: edges.get(t, 0) for t in EDGE_TYPES} | {"total": self.graph.number_of_edges()},
             "edges_by_source": {s: by_source.get(s, 0) for s in SOURCES},
+            # the file or prompt each edge came from: what every table and teacher stage added
+            "edges_by_origin": dict(sorted(by_origin.items())),
         }
 
     # --- files ------------------------------------------------------------------------------
@@ -264,4 +271,75 @@ def from_tables(tables: SourceTables, include_eval_assets: bool = True) -> Knowl
                 for sensor in sensors:
                     for fm in fms:
                         kg.add_edge(sensor, fm, "relevant_to", "table", MATRIX_FILE, asset=asset)
+    return kg
+
+
+# --- the facts of the teacher stages --------------------------------------------------------------
+
+
+def add_discovered_sensors(kg: KnowledgeGraph, sensors: pd.DataFrame, prompt: Prompt) -> int:
+    """Add the discovered sensors and their `monitored_by` edges; return how many edges were new."""
+    added = 0
+    for row in sensors.itertuples():
+        sensor = kg.add_node("sensor", row.sensor, "llm", prompt.name, prompt_hash=prompt.hash)
+        cls = node_id("equipment_class", row.equipment_class)
+        added += kg.add_edge(cls, sensor, "monitored_by", "llm", prompt.name, cache_key=row.cache_key)
+    return added
+
+
+def add_relevance(kg: KnowledgeGraph, relevance: pd.DataFrame, prompt: Prompt) -> int:
+    """A `relevant_to` edge (sensor -> failure mode, in the class's context) for each yes."""
+    added = 0
+    for row in relevance[relevance["relevant"].fillna(False)].itertuples():
+        cls = node_id("equipment_class", row.equipment_class)
+        sensor = node_id("sensor", row.sensor)
+        for name in row.failure_mode.split(LABEL_SEPARATOR):
+            added += kg.add_edge(
+                sensor,
+                node_id("failure_mode", name),
+                "relevant_to",
+                "llm",
+                prompt.name,
+                asset=cls,
+                reason=row.reason,
+                cache_key=row.cache_key,
+            )
+    return added
+
+
+def add_key_entities(kg: KnowledgeGraph, entities: pd.DataFrame, prompt: Prompt) -> int:
+    """KD_Extend's links: class --related_to--> each key entity, and co_occurs_with between the
+    entities of one document (in the class's context). Returns the number of new edges."""
+    added = 0
+    for (source, cls_name), doc in entities.groupby(["source_doc_id", "equipment_class"], sort=False):
+        cls = node_id("equipment_class", cls_name)
+        ids = [kg.add_node(r.kind, r.entity, "llm", prompt.name) for r in doc.itertuples()]
+        for nid, key in zip(ids, doc["cache_key"], strict=True):
+            added += kg.add_edge(
+                cls, nid, "related_to", "llm", prompt.name, source_doc_id=source, cache_key=key
+            )
+        for i, a in enumerate(ids):
+            for b in ids[i + 1 :]:
+                added += kg.add_edge(
+                    a, b, "co_occurs_with", "llm", prompt.name, asset=cls, source_doc_id=source
+                )
+    return added
+
+
+def build(
+    tables: SourceTables,
+    sensors: pd.DataFrame,
+    relevance: pd.DataFrame,
+    key_entities: pd.DataFrame | None,
+    prompts: dict[str, Prompt],
+    include_eval_assets: bool = True,
+) -> KnowledgeGraph:
+    """The one knowledge graph: the tables' graph, then the sensors sensor_discovery found, the
+    relevance_check yes answers and kd_extend's key entities (None: not yet extracted), each with its
+    prompt (`prompts` by name: sensor_discovery, relevance_check, key_entities) as provenance."""
+    kg = from_tables(tables, include_eval_assets)
+    add_discovered_sensors(kg, sensors, prompts["sensor_discovery"])
+    add_relevance(kg, relevance, prompts["relevance_check"])
+    if key_entities is not None:
+        add_key_entities(kg, key_entities, prompts["key_entities"])
     return kg

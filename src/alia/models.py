@@ -1,4 +1,5 @@
-"""Base models: turn a model source named in params.yaml into an ordinary checkpoint under models/base/.
+"""Pretrained models: turn a model source named in params.yaml into an ordinary checkpoint under
+models/pretrained/.
 
 A source is one of
   - `package:<module>/<file or folder>`: weights shipped inside an installed pip package

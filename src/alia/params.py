@@ -27,3 +27,19 @@ def load_params(section: str, path: str | Path = "params.yaml") -> dict[str, Any
     if section not in params:
         raise KeyError(f"{path} has no '{section}' section; sections: {sorted(params)}")
     return params[section]
+
+
+def overlay_args(path: str | Path) -> list[str]:
+    """A params overlay (a YAML file shaped like params.yaml, holding only what it changes) as
+    `dvc exp run` arguments: one `-S section.key=value` per leaf, the value in YAML flow style."""
+    overlay = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_ParamsLoader) or {}  # noqa: S506
+    if not isinstance(overlay, dict):
+        raise ValueError(f"{path}: expected a mapping shaped like params.yaml")
+
+    def leaves(node: Any, prefix: str) -> list[str]:
+        if isinstance(node, dict) and node:
+            return [arg for key, value in node.items() for arg in leaves(value, f"{prefix}{key}.")]
+        value = yaml.safe_dump(node, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+        return ["-S", f"{prefix[:-1]}={value}"]
+
+    return leaves(overlay, "")

@@ -1,10 +1,10 @@
 """Phase I of knowledge generation: what the teacher knows about each D_source equipment class.
 
 Step 1, sensor discovery: ask which sensors can monitor an equipment class, parse the numbered
-list, canonicalise the names against the vocabulary (unknown sensors become new entries) and add
-`monitored_by` edges with provenance `llm` to the knowledge graph.
+list, canonicalise the names against the vocabulary (unknown sensors become new entries).
 Step 2, relevance check: for each (class, failure mode, sensor) ask whether the sensor helps detect
-the failure mode (yes/no + reason), and add a `relevant_to` edge for each yes.
+the failure mode (yes/no + reason).
+Both are facts tables; stage kg turns them into `monitored_by` and `relevant_to` edges (alia.kg.build).
 """
 
 from __future__ import annotations
@@ -12,10 +12,9 @@ from __future__ import annotations
 import pandas as pd
 
 from alia.generation import ask_rows
-from alia.kg import KnowledgeGraph, node_id
 from alia.prompts import Prompt
 from alia.teacher import Teacher
-from alia.vocabulary import LABEL_SEPARATOR, Canonicaliser
+from alia.vocabulary import Canonicaliser
 
 SENSOR_COLUMNS = ["equipment_class", "rank", "sensor", "sensor_raw", "in_vocabulary", "cache_key"]
 
@@ -30,9 +29,8 @@ def discover_sensors(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(answers: one row per class, failures included with their raw text; sensors: one row per
     canonical sensor name per class, in the teacher's order)."""
-    items = pd.DataFrame({"asset": classes, "max_sensors": max_sensors})
+    items = pd.DataFrame({"equipment_class": classes, "max_sensors": max_sensors})
     answers, parsed = ask_rows(teacher, prompt, items, "sensor discovery")
-    answers = answers.rename(columns={"asset": "equipment_class"})
     rows = []
     for cls, key, listed in zip(answers["equipment_class"], answers["cache_key"], parsed, strict=True):
         raw_of: dict[str, str] = {}  # canonical name -> the teacher's first spelling of it
@@ -44,27 +42,18 @@ def discover_sensors(
     return answers, pd.DataFrame(rows, columns=SENSOR_COLUMNS)
 
 
-def add_discovered_sensors(kg: KnowledgeGraph, sensors: pd.DataFrame, prompt: Prompt) -> int:
-    """Add the discovered sensors and their `monitored_by` edges; return how many edges were new."""
-    added = 0
-    for row in sensors.itertuples():
-        sensor = kg.add_node("sensor", row.sensor, "llm", prompt.name, prompt_hash=prompt.hash)
-        cls = node_id("equipment_class", row.equipment_class)
-        added += kg.add_edge(cls, sensor, "monitored_by", "llm", prompt.name, cache_key=row.cache_key)
-    return added
-
-
 def relevance_items(
     class_failure_modes: pd.DataFrame,
     sensors: pd.DataFrame,
     failure_modes_per_class: int,
     sensors_per_class: int,
 ) -> pd.DataFrame:
-    """(asset, failure_mode, sensor) for the first failure modes and top-ranked sensors of each class."""
+    """(equipment_class, failure_mode, sensor) for the first failure modes and top-ranked sensors of each
+    class."""
     fms = class_failure_modes.groupby("equipment_class", sort=False).head(failure_modes_per_class)
     top = sensors[sensors["rank"] <= sensors_per_class]
     items = fms.merge(top[["equipment_class", "sensor"]], on="equipment_class")
-    return items.rename(columns={"equipment_class": "asset"})[["asset", "failure_mode", "sensor"]]
+    return items[["equipment_class", "failure_mode", "sensor"]]
 
 
 def check_relevance(teacher: Teacher, prompt: Prompt, items: pd.DataFrame) -> pd.DataFrame:
@@ -72,27 +61,7 @@ def check_relevance(teacher: Teacher, prompt: Prompt, items: pd.DataFrame) -> pd
     answers, parsed = ask_rows(teacher, prompt, items, "relevance check")
     answers.insert(3, "relevant", pd.array([p.answer if p else None for p in parsed], dtype="boolean"))
     answers.insert(4, "reason", [p.reason if p else "" for p in parsed])
-    return answers.rename(columns={"asset": "equipment_class"})
-
-
-def add_relevance(kg: KnowledgeGraph, relevance: pd.DataFrame, prompt: Prompt) -> int:
-    """A `relevant_to` edge (sensor -> failure mode, in the class's context) for each yes."""
-    added = 0
-    for row in relevance[relevance["relevant"].fillna(False)].itertuples():
-        cls = node_id("equipment_class", row.equipment_class)
-        sensor = node_id("sensor", row.sensor)
-        for name in row.failure_mode.split(LABEL_SEPARATOR):
-            added += kg.add_edge(
-                sensor,
-                node_id("failure_mode", name),
-                "relevant_to",
-                "llm",
-                prompt.name,
-                asset=cls,
-                reason=row.reason,
-                cache_key=row.cache_key,
-            )
-    return added
+    return answers
 
 
 def extend_vocabulary(vocabulary: pd.DataFrame, sensors: pd.DataFrame, prompt: Prompt) -> pd.DataFrame:

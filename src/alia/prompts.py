@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -24,7 +25,10 @@ import jinja2
 import yaml
 from pydantic import BaseModel, Field, StringConstraints, ValidationError
 
-from alia.teacher import Message, Parser
+from alia.response_cache import Message
+
+# A parser turns an answer's text into a value or raises ValueError with what was expected.
+Parser = Callable[[str], Any]
 
 PROMPTS_DIR = Path("prompts")
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)

@@ -35,17 +35,6 @@ FINGERPRINT_FILE = "alia_fingerprint.json"
 # --- training data -----------------------------------------------------------------------------
 
 
-def read_corpus(path: str | Path) -> pd.DataFrame:
-    """A corpus Parquet file, or every Parquet file of a folder (e.g. the four rephrase styles)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such corpus (its stage has not run: `dvc repro`)")
-    files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
-    if not files:
-        raise FileNotFoundError(f"{path}: no Parquet corpus files")
-    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
-
-
 def play_passages(plays_dir: Path | None = None) -> list[tuple[str, str]]:
     """(play title, speech) for every speech of every play, stage directions and speaker names dropped."""
     plays_dir = plays_dir or package_dir(REPLAY_PACKAGE) / "plays"
@@ -184,14 +173,16 @@ def train_adapter(
     out_dir: str | Path,
     checkpoint_dir: str | Path,
     lora: dict[str, Any],
-    training: dict[str, Any],
+    sft: dict[str, Any],
+    dtype: str = "bfloat16",
     report_to: list[str] | None = None,
     callbacks: list | None = None,
 ) -> dict[str, Any]:
     """Train a LoRA adapter on `examples`, resuming an interrupted run; save the adapter to `out_dir`.
 
-    Returns the step losses and run figures. `training` holds SFTConfig-style hyper-parameters (see
-    params.yaml, train_student.training).
+    `lora` holds peft LoraConfig fields and `sft` TRL SFTConfig fields, passed as they are (params.yaml
+    train_student.lora and .sft); `dtype` is the frozen base weights'. Returns the step losses and run
+    figures.
     """
     import torch
     from accelerate import PartialState
@@ -202,35 +193,20 @@ def train_adapter(
 
     checkpoint_dir = Path(checkpoint_dir)
     with PartialState().main_process_first():  # one process clears stale checkpoints, then all read
-        resume = last_checkpoint(checkpoint_dir, fingerprint(str(base_model), examples, fmt, lora, training))
-    use_cpu = not torch.cuda.is_available()
+        resume = last_checkpoint(
+            checkpoint_dir, fingerprint(str(base_model), examples, fmt, lora, sft, dtype)
+        )
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=getattr(torch, training["dtype"]))
+    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=getattr(torch, dtype))
     args = SFTConfig(
+        **sft,
         output_dir=str(checkpoint_dir),
-        num_train_epochs=training["epochs"],
-        max_steps=training["max_steps"],
-        per_device_train_batch_size=training["batch_size"],
-        gradient_accumulation_steps=training["gradient_accumulation_steps"],
-        learning_rate=training["learning_rate"],
-        lr_scheduler_type=training["lr_scheduler"],
-        warmup_steps=training["warmup_ratio"],  # below 1: a fraction of the steps
-        weight_decay=training["weight_decay"],
-        optim=training["optim"],
-        bf16=training["bf16"],
-        use_cpu=use_cpu,
-        activation_checkpointing=training["activation_checkpointing"],
-        max_length=training["max_length"],
-        packing=fmt == "text",
-        packing_strategy="wrapped",  # fixed-length blocks across documents: classic continued pre-training
+        use_cpu=not torch.cuda.is_available(),
+        packing=fmt == "text",  # plain documents are packed into max_length blocks; QA records are not
         logging_steps=1,
         save_strategy="steps",
-        save_steps=training["save_steps"],
-        save_total_limit=2,
-        seed=training["seed"],
-        data_seed=training["seed"],
         report_to=report_to or [],
         disable_tqdm=False,
     )
@@ -239,13 +215,7 @@ def train_adapter(
         args=args,
         train_dataset=Dataset.from_list(examples),
         processing_class=tokenizer,
-        peft_config=LoraConfig(
-            r=lora["r"],
-            lora_alpha=lora["alpha"],
-            lora_dropout=lora["dropout"],
-            target_modules=lora["target_modules"],
-            task_type="CAUSAL_LM",
-        ),
+        peft_config=LoraConfig(**lora, task_type="CAUSAL_LM"),
         callbacks=callbacks,
     )
     result = trainer.train(resume_from_checkpoint=resume)

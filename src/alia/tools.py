@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from alia.embed_tasks import INSTRUCTIONS, description_key
+from alia.embed_tasks import INSTRUCTIONS, build_query, description_lookup
 
 # The tasks with an agent use, by the name of the function that serves them.
 TOOL_TASKS = {
@@ -60,10 +60,9 @@ class EmbedderTools:
         if augment:
             if descriptions_file is None:
                 raise ValueError("augment needs descriptions_file (embed_tasks' descriptions.parquet)")
-            table = pd.read_parquet(descriptions_file, columns=["entity", "description"])
-            self.descriptions = {
-                description_key(e): d for e, d in zip(table["entity"], table["description"], strict=True) if d
-            }
+            self.descriptions = description_lookup(
+                pd.read_parquet(descriptions_file, columns=["entity", "description"])
+            )
         self.k, self.min_score = k, min_score
         self.model = SentenceTransformer(
             str(model_dir), device="cuda" if torch.cuda.is_available() else "cpu"
@@ -141,12 +140,10 @@ class EmbedderTools:
 
     # --- the retrieval behind them ----------------------------------------------------------
 
-    def query(self, task: str, entities: Sequence[str]) -> str:
-        """The task's query as embed_tasks writes it: instruction, entities, descriptions if known."""
-        text = f"{entities[0]}: {entities[1]}" if len(entities) == 2 else entities[0]
-        query = f"{INSTRUCTIONS[task][0]}\nQuery: {text}"
-        known = [self.descriptions[key] for e in entities if (key := description_key(e)) in self.descriptions]
-        return query + ("\n" + " ".join(known) if known else "")
+    def query(self, task: str, entities: Sequence[str], instruction: str | None = None) -> str:
+        """The task's query by embed_tasks' own builder: the instruction (the task's first paraphrase
+        unless given), the entities and, with `augment`, their descriptions."""
+        return build_query(instruction or INSTRUCTIONS[task][0], entities, self.descriptions or None)
 
     def _embed(self, texts: Sequence[str]) -> torch.Tensor:
         new = [t for t in dict.fromkeys(texts) if t not in self._embeddings]

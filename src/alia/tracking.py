@@ -1,4 +1,5 @@
-"""MLflow plumbing shared by every stage that logs runs.
+"""How every stage ends (`finish_stage`: metrics and plots as files, the numbers in MLflow), and the
+MLflow plumbing behind it.
 
 By default runs go to a sqlite store in the repository (`mlflow.db`, ignored by git), so
 `mlflow ui --backend-store-uri sqlite:///mlflow.db` shows them; set MLFLOW_TRACKING_URI to use a
@@ -8,10 +9,12 @@ team server instead. Each run is tagged with the DVC stage, the git commit and, 
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -113,3 +116,58 @@ def start_run(
         if params:
             mlflow.log_params(flatten_params(params))
         yield run
+
+
+# --- how every stage ends ----------------------------------------------------------------------
+
+_METRIC_NAME = re.compile(r"[^\w\-./ ]")  # what MLflow allows in a metric name
+
+
+def numeric_leaves(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """The numbers of nested metrics under dotted names that MLflow accepts (hit@1 -> hit_at_1)."""
+    flat: dict[str, float] = {}
+    for key, value in metrics.items():
+        name = _METRIC_NAME.sub("_", f"{prefix}{key}".replace("@", "_at_"))
+        if isinstance(value, dict):
+            flat |= numeric_leaves(value, f"{name}.")
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            flat[name] = value
+    return flat
+
+
+def write_json(path: str | Path, content: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(content, indent=2) + "\n")
+
+
+def finish_stage(
+    stage: str,
+    metrics: dict[str, Any],
+    metrics_file: str | Path,
+    params: dict[str, Any] | None = None,
+    plots: dict[str | Path, Any] | None = None,
+    teacher: Any = None,
+    variant: str | None = None,
+    artifacts: Sequence[str | Path] = (),
+) -> None:
+    """How every stage ends: its metrics JSON (with the `teacher`'s counts, if it used one) and its plot
+    files written, every number logged to MLflow, the metrics printed.
+
+    MLflow gets them in the run in progress (a training stage opens its run before training, so that
+    the trainer logs its curves there), else in a new run of the stage with `params` (and the
+    teacher's settings) logged.
+    """
+    import mlflow  # imported here: it takes seconds, and only the end of a stage needs it
+
+    if teacher is not None:
+        metrics = {**metrics, "teacher": teacher.metrics()}
+        params = {stage: params or {}, "teacher": teacher.config.model_dump()}
+    write_json(metrics_file, metrics)
+    for path, rows in (plots or {}).items():
+        write_json(path, rows)
+    with nullcontext() if mlflow.active_run() else start_run(stage, params, variant=variant):
+        mlflow.log_metrics(numeric_leaves(metrics))
+        for artifact in artifacts:
+            mlflow.log_artifact(str(artifact))
+    print(json.dumps(metrics))

@@ -1,0 +1,75 @@
+"""The teacher's response cache: a sqlite file of answered requests, one row per request.
+
+A request's key is a hash of (model, messages, sampling params and request fields): the same request
+is never paid for twice. Each answer is committed as it arrives, so a crash loses nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+Message = dict[str, str]
+
+
+def cache_key(model: str, messages: Sequence[Message], sampling: dict[str, Any]) -> str:
+    payload = json.dumps({"model": model, "messages": list(messages), "sampling": sampling}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+class ResponseCache:
+    """A sqlite file of answered requests. Each answer is committed as it arrives."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path)
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, model TEXT, messages TEXT, "
+            "sampling TEXT, text TEXT, finish_reason TEXT, prompt_tokens INTEGER, "
+            "completion_tokens INTEGER, created REAL, tool_calls TEXT)"
+        )
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(responses)")}
+        if "tool_calls" not in columns:  # a cache written before tool calls were kept
+            self.db.execute("ALTER TABLE responses ADD COLUMN tool_calls TEXT")
+        self.db.commit()
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        row = self.db.execute(
+            "SELECT text, finish_reason, prompt_tokens, completion_tokens, tool_calls FROM responses "
+            "WHERE key = ?",
+            (key,),
+        ).fetchone()
+        if row is None:
+            return None
+        names = ("text", "finish_reason", "prompt_tokens", "completion_tokens", "tool_calls")
+        answer = dict(zip(names, row, strict=True))
+        answer["tool_calls"] = json.loads(answer["tool_calls"]) if answer["tool_calls"] else []
+        return answer
+
+    def put(self, key: str, model: str, messages: Sequence[Message], sampling: dict, answer: dict) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO responses (key, model, messages, sampling, text, finish_reason, "
+            "prompt_tokens, completion_tokens, created, tool_calls) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                key,
+                model,
+                json.dumps(list(messages)),
+                json.dumps(sampling),
+                answer["text"],
+                answer["finish_reason"],
+                answer["prompt_tokens"],
+                answer["completion_tokens"],
+                time.time(),
+                json.dumps(answer["tool_calls"]) if answer.get("tool_calls") else None,
+            ),
+        )
+        self.db.commit()
+
+    def close(self) -> None:
+        self.db.close()

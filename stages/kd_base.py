@@ -1,0 +1,47 @@
+"""Stage kd_base: KD_Base, documents about each class's sensors, failure modes and (sensor, failure
+mode) pairs, written by the teacher from the Phase I facts.
+
+python stages/kd_base.py <tables_dir> <discovery_dir> <relevance_dir> <out.parquet> <cache.sqlite>
+    <metrics.json>
+"""
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from alia.corpora import filter_passages, knowledge_items
+from alia.generation import ask_rows, stage_teacher
+from alia.params import load_params
+from alia.prompts import load_prompt
+from alia.tables import read_table
+from alia.tracking import finish_stage
+
+tables_dir, discovery_dir, relevance_dir, out_file, cache, metrics_file = map(Path, sys.argv[1:7])
+params = load_params("kd_base")
+
+sensors = pd.read_parquet(discovery_dir / "sensors.parquet")
+items = knowledge_items(
+    classes=list(dict.fromkeys(sensors["equipment_class"])),
+    class_failure_modes=read_table("class_failure_modes", tables_dir),
+    sensors=sensors,
+    relevance=pd.read_parquet(relevance_dir / "relevance.parquet"),
+    failure_modes_per_class=params["failure_modes_per_class"],
+    sensors_per_class=params["sensors_per_class"],
+    facts_per_document=params["facts_per_document"],
+)
+with stage_teacher(params.get("teacher"), cache) as teacher:
+    documents, _ = ask_rows(teacher, load_prompt("kd_base"), items, "kd_base")
+kd_base, filtered = filter_passages(documents, params["near_duplicate_threshold"])
+
+out_file.parent.mkdir(parents=True, exist_ok=True)
+kd_base.to_parquet(out_file, index=False)
+metrics = {
+    "documents": len(kd_base),
+    "by_relation": kd_base["relation"]
+    .value_counts()
+    .reindex(items["relation"].unique(), fill_value=0)
+    .to_dict(),
+    "filtered": filtered,
+}
+finish_stage("kd_base", metrics, metrics_file, params, teacher=teacher)

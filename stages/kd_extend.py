@@ -1,0 +1,80 @@
+"""Stage kd_extend: KD_Extend. Key entities of KD_Base documents (a facts table the kg stage links
+into the graph); entity-centric and interaction-centric documents about the most frequent entities
+and pairs.
+
+python stages/kd_extend.py <tables_dir> <discovery_dir> <relevance_dir> <kd_base.parquet>
+    <vocabulary_rules.yaml> <out.parquet> <key_entities.parquet> <cache.sqlite> <metrics.json>
+"""
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from alia import kg
+from alia.corpora import extend_items, filter_passages, key_entity_rows
+from alia.generation import ask_rows, stage_teacher
+from alia.params import load_params
+from alia.prompts import load_prompt
+from alia.tables import read_tables
+from alia.tracking import finish_stage
+from alia.vocabulary import Canonicaliser
+
+tables_dir, discovery_dir, relevance_dir, base_file, rules_file = map(Path, sys.argv[1:6])
+out_file, entities_file, cache, metrics_file = map(Path, sys.argv[6:10])
+params = load_params("kd_extend")
+
+# A key entity that names a sensor or failure mode of the graph as Phase I left it is that node
+graph = kg.build(
+    read_tables(tables_dir),
+    pd.read_parquet(discovery_dir / "sensors.parquet"),
+    pd.read_parquet(relevance_dir / "relevance.parquet"),
+    None,
+    {name: load_prompt(name) for name in ("sensor_discovery", "relevance_check")},
+    load_params("kg")["include_eval_assets"],
+)
+names = {
+    kind: {graph.graph.nodes[n]["name"] for n in graph.nodes_of(kind)} for kind in ("sensor", "failure_mode")
+}
+
+base = pd.read_parquet(base_file).head(params["documents"])
+items = pd.DataFrame(
+    {"source_doc_id": base["doc_id"], "equipment_class": base["equipment_class"], "document": base["text"]}
+)
+with stage_teacher(params.get("teacher"), cache) as teacher:
+    answers, parsed = ask_rows(teacher, load_prompt("key_entities"), items, "key entities")
+    entities = key_entity_rows(
+        answers, parsed, Canonicaliser.from_yaml(rules_file), names["sensor"], names["failure_mode"]
+    )
+    todo = extend_items(entities, params["entities_per_class"], params["pairs_per_class"])
+    written = [
+        ask_rows(teacher, load_prompt("entity_document"), todo[todo["kind"] == "entity"], "entity documents")[
+            0
+        ],
+        ask_rows(
+            teacher,
+            load_prompt("interaction_document"),
+            todo[todo["kind"] == "interaction"],
+            "interaction documents",
+        )[0],
+    ]
+kd_extend, filtered = filter_passages(
+    pd.concat(written, ignore_index=True), params["near_duplicate_threshold"]
+)
+
+out_file.parent.mkdir(parents=True, exist_ok=True)
+kd_extend.to_parquet(out_file, index=False)
+entities_file.parent.mkdir(parents=True, exist_ok=True)
+entities.to_parquet(entities_file, index=False)
+metrics = {
+    "documents_read": len(base),
+    "entity_answers_ok": int(answers["ok"].sum()),
+    "key_entities": len(entities),
+    "by_kind": entities["kind"]
+    .value_counts()
+    .reindex(["entity", "sensor", "failure_mode"], fill_value=0)
+    .to_dict(),
+    "documents": len(kd_extend),
+    "filtered": filtered,
+}
+finish_stage("kd_extend", metrics, metrics_file, params, teacher=teacher)

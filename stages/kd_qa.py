@@ -1,0 +1,39 @@
+"""Stage kd_qa: KD_QA (question-answer records without context) and KD_QA-RAFT (the same questions
+with generated summaries as context, in the RAFT manner), from KD_Base documents.
+
+python stages/kd_qa.py <kd_base.parquet> <kd_qa.parquet> <kd_qa_raft.parquet> <cache.sqlite> <metrics.json>
+"""
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from alia.corpora import filter_passages, qa_items, qa_records, raft_records
+from alia.generation import ask_rows, stage_teacher
+from alia.params import load_params
+from alia.prompts import load_prompt
+from alia.tracking import finish_stage
+
+base_file, qa_file, raft_file, cache, metrics_file = map(Path, sys.argv[1:6])
+params = load_params("kd_qa")
+
+items = qa_items(pd.read_parquet(base_file), params["documents"], params["min_pairs"])
+with stage_teacher(params.get("teacher"), cache) as teacher:
+    answers, parsed = ask_rows(teacher, load_prompt("kd_qa"), items, "kd_qa")
+answers["parsed"] = parsed
+kept, filtered = filter_passages(answers)  # failed (never valid JSON), truncated, duplicate answers
+qa, summaries, qa_counts = qa_records(kept.drop(columns="parsed"), kept["parsed"].tolist())
+raft = raft_records(qa, summaries, **params["raft"])
+
+qa_file.parent.mkdir(parents=True, exist_ok=True)
+qa.to_parquet(qa_file, index=False)
+raft.to_parquet(raft_file, index=False)
+metrics = {
+    "documents": len(items),
+    "qa_records": len(qa),
+    "raft_records": len(raft),
+    "raft_with_oracle": int(raft["oracle_in_context"].sum()),
+    "filtered": filtered | qa_counts,
+}
+finish_stage("kd_qa", metrics, metrics_file, params, teacher=teacher)

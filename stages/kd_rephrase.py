@@ -1,0 +1,29 @@
+"""Stage kd_rephrase@<style>: KD_Rephrase, KD_Base documents rewritten in one style.
+
+python stages/kd_rephrase.py <style> <kd_base.parquet> <out.parquet> <cache.sqlite> <metrics.json>
+"""
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from alia.corpora import filter_passages, rephrase_items
+from alia.generation import ask_rows, stage_teacher
+from alia.params import load_params
+from alia.prompts import load_prompt
+from alia.tracking import finish_stage
+
+style = sys.argv[1]
+base_file, out_file, cache, metrics_file = map(Path, sys.argv[2:6])
+params = load_params("kd_rephrase")
+
+items = rephrase_items(pd.read_parquet(base_file), style, params["documents"])
+with stage_teacher(params.get("teacher"), cache) as teacher:
+    rewritten, _ = ask_rows(teacher, load_prompt(f"kd_rephrase_{style}"), items, f"kd_rephrase {style}")
+corpus, filtered = filter_passages(rewritten.drop(columns="document"), params["near_duplicate_threshold"])
+
+out_file.parent.mkdir(parents=True, exist_ok=True)
+corpus.to_parquet(out_file, index=False)
+metrics = {"documents": len(corpus), "filtered": filtered}
+finish_stage("kd_rephrase", metrics, metrics_file, params, teacher=teacher, variant=style)
