@@ -258,7 +258,7 @@ def test_kd_chain_and_a_rephrase_prompt_edit_reruns_only_that_style(project):
         by_origin = kg["edges_by_origin"]
         assert by_origin["sensor_discovery"] == 24 and by_origin["relevance_check"] >= 8 * 3 * 3
         assert by_origin["key_entities"] == kg["edges"]["related_to"] + kg["edges"]["co_occurs_with"]
-        assert sum(by_origin.values()) == kg["edges"]["total"]
+        assert sum(by_origin.values()) == kg["edges"]["total"] and kg["edges_by_source"]["table"] == 1571
 
         calls = len(server.requests)
         prompt = project / "prompts" / "kd_rephrase_toddler.yaml"
@@ -267,6 +267,12 @@ def test_kd_chain_and_a_rephrase_prompt_edit_reruns_only_that_style(project):
         ran = [line for line in out.splitlines() if line.startswith("Running stage")]
         assert ran == ["Running stage 'kd_rephrase@toddler':"]
         assert len(server.requests) == calls + 6  # the six toddler rewrites, nothing else
+
+        # a kg setting re-runs kg alone
+        params_file.write_text(params_file.read_text().replace("graphml: true", "graphml: false"))
+        out = run(["dvc", "repro", "kd_rephrase", "kd_qa", "kd_extend", "kg"], project)
+        ran = [line for line in out.splitlines() if line.startswith("Running stage")]
+        assert ran == ["Running stage 'kg':"] and not (project / "data" / "kg" / "graph.graphml").exists()
     params_file.write_text(original)
     git("checkout", "--", "prompts", cwd=project)
 

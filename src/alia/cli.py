@@ -81,13 +81,13 @@ def cmd_ask(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_exp_run(args: argparse.Namespace, dvc_args: list[str]) -> int:
+def cmd_exp_run(args: argparse.Namespace) -> int:
     """`dvc exp run` with every setting of a params overlay file (configs/*.yaml) as `-S key=value`."""
     import subprocess
 
     from alia.params import overlay_args
 
-    command = ["dvc", "exp", "run", *overlay_args(args.overlay), *dvc_args]
+    command = ["dvc", "exp", "run", *overlay_args(args.overlay), *args.dvc_args]
     print(" ".join(command), file=sys.stderr)
     return subprocess.call(command)
 
@@ -128,10 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     exp_run.add_argument("overlay", help="a YAML file shaped like params.yaml, e.g. configs/full_size.yaml")
     exp_run.set_defaults(func=cmd_exp_run)
     args, rest = parser.parse_known_args(argv)
-    if rest and args.func is not cmd_exp_run:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.dvc_args = rest  # what `alia` does not know goes to `dvc exp run`
+    if args.dvc_args and args.func is not cmd_exp_run:
+        parser.error(f"unrecognized arguments: {' '.join(args.dvc_args)}")
     try:
-        return args.func(args, rest) if args.func is cmd_exp_run else args.func(args)
+        return args.func(args)
     except BrokenPipeError:  # `alia kg ... | head`: the reader left, which is not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

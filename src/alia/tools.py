@@ -143,7 +143,7 @@ class EmbedderTools:
     def query(self, task: str, entities: Sequence[str], instruction: str | None = None) -> str:
         """The task's query by embed_tasks' own builder: the instruction (the task's first paraphrase
         unless given), the entities and, with `augment`, their descriptions."""
-        return build_query(instruction or INSTRUCTIONS[task][0], entities, self.descriptions or None)
+        return build_query(instruction or INSTRUCTIONS[task][0], entities, self.descriptions)
 
     def _embed(self, texts: Sequence[str]) -> torch.Tensor:
         new = [t for t in dict.fromkeys(texts) if t not in self._embeddings]
