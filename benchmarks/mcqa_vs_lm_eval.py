@@ -1,12 +1,15 @@
 """The MCQA scorer against lm-evaluation-harness: the same model and the same questions through
 alia.scoring and through lm-eval (a custom multiple_choice task over the same Parquet), side by side.
-Prints acc and acc_norm from both, how many questions get the same picks, questions/s and the ratio.
+Prints acc and acc_norm from both, how many questions get the same picks, questions/s and the ratio;
+then letter mode: alia's one forward pass per question against lm-eval scoring each option's letter
+as a one-token continuation of the lettered prompt (its multiple_choice over the labels).
 
     python benchmarks/mcqa_vs_lm_eval.py [--model models/pretrained/student_instruct]
-        [--questions data/eval/questions/d_eval.parquet] [--dtype float32] [--batch-size 8]
+        [--questions data/eval/questions/d_eval.parquet] [--sample 400] [--dtype float32]
+        [--batch-size 8]
 
 Both score the exact same context strings (k-shot or chat-formatted, built by alia.scoring) with the
-option text as continuation; lm-eval needs `pip install lm-eval` (in the dev extra).
+option text (or letter) as continuation; lm-eval needs `pip install lm-eval` (in the dev extra).
 """
 
 import argparse
@@ -18,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from alia.scoring import build_prompts, choose, load_model, option_loglikelihoods, prompt_style
+from alia.mcqa import stratified_sample
+from alia.scoring import build_prompts, choose, letter_picks, load_model, option_loglikelihoods, prompt_style
 
 TASK = """\
 task: alia_mcqa
@@ -52,6 +56,13 @@ def alia_scores(
     rows["lls"] = lls
     rows["delimiter"] = style.delimiter
     return rows, seconds
+
+
+def alia_letters(model_dir: str, rows: pd.DataFrame, dtype: str, batch_size: int) -> tuple[list, float]:
+    model, tokenizer = load_model(model_dir, dtype)
+    start = time.perf_counter()
+    picked = letter_picks(model, tokenizer, rows, prompt_style(tokenizer), batch_size)
+    return [p[0] for p in picked["letter_pred"]], time.perf_counter() - start
 
 
 def lm_eval_scores(
@@ -88,11 +99,12 @@ def main() -> None:
     )
     parser.add_argument("--model", default="models/pretrained/student_instruct")
     parser.add_argument("--questions", default="data/eval/questions/d_eval.parquet")
+    parser.add_argument("--sample", type=int, default=400, help="stratified sample (0: every question)")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args()
 
-    questions = pd.read_parquet(args.questions)
+    questions = stratified_sample(pd.read_parquet(args.questions), args.sample)
     ours, ours_s = alia_scores(args.model, questions, args.dtype, args.batch_size)
     theirs, theirs_s = lm_eval_scores(args.model, ours, args.dtype, args.batch_size)
     gold = ours["answer_index"].to_numpy()
@@ -113,6 +125,18 @@ def main() -> None:
     print(
         f"speed ratio alia/lm-eval: {(n / ours_s) / (n / theirs_s):.2f}x "
         "(both load the model outside the timing; lm-eval's includes building its task)"
+    )
+    # letter mode: the lettered prompt, each label a one-token continuation
+    lettered = ours.assign(context=ours["prompt"], options=ours["option_ids"])
+    letters, letters_s = alia_letters(args.model, ours, args.dtype, args.batch_size)
+    theirs_letters, theirs_letters_s = lm_eval_scores(args.model, lettered, args.dtype, args.batch_size)
+    same = int(np.sum(np.array(letters) == theirs_letters["pred"].to_numpy()))
+    print(f"\nletter mode{'':5}{'alia.scoring':>14}{'lm-eval':>14}")
+    print(f"{'acc':16}{np.mean(np.array(letters) == gold):>14.4f}{theirs_letters['acc_reported'][0]:>14.4f}")
+    print(f"{'questions/s':16}{n / letters_s:>14.2f}{n / theirs_letters_s:>14.2f}")
+    print(
+        f"same letter pick on {same}/{n} questions; "
+        f"speed ratio alia/lm-eval: {theirs_letters_s / letters_s:.2f}x"
     )
 
 

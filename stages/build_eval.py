@@ -1,4 +1,5 @@
-"""Stage build_eval: D_eval from the ISO 17359 tick matrix, and the expert questions in the same schema.
+"""Stage build_eval: D_eval from the ISO 17359 tick matrix (single- and multi-correct), and the expert
+questions, all in one schema.
 
 python stages/build_eval.py <tables_dir> <out_dir> <metrics.json>
 """
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from alia.mcqa import build_questions, load_question_set, to_table
+from alia.mcqa import build_multi_correct, build_questions, load_question_set, to_table
 from alia.params import load_params
 from alia.tables import read_tables
 from alia.tracking import finish_stage
@@ -16,15 +17,15 @@ from alia.tracking import finish_stage
 tables_dir, out_dir, metrics_file = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 params = load_params("build_eval")
 tables = read_tables(tables_dir)
+matrix = tables["fm_sensor_matrix"]
+source_assets = tables["equipment_classes"]["equipment_class"].tolist()  # D_source: never asked about
 
 sets = {
     "d_eval": build_questions(
-        tables["fm_sensor_matrix"],
-        params["questions_per_cell"],
-        params["min_options"],
-        params["max_options"],
-        params["seed"],
-        source_assets=tables["equipment_classes"]["equipment_class"].tolist(),
+        matrix, params["min_options"], params["max_options"], params["seed"], source_assets
+    ),
+    "d_eval_multi": build_multi_correct(
+        matrix, params["multi_correct"], params["max_options"], params["seed"], source_assets
     ),
     "expert": load_question_set(params["expert_set"]),
 }
@@ -34,11 +35,16 @@ for name, questions in sets.items():
     pq.write_table(to_table(questions), out_dir / f"{name}.parquet")
     metrics[name] = {
         "questions": len(questions),
-        "options_mean": round(float(questions["options"].map(len).mean()), 2),
+        "assets": questions["asset_name"].nunique(),
         **{
-            f"{col}.{value}": int(n)
-            for col in ("direction", "form")
-            for value, n in questions[col].value_counts().items()
+            f"{column}.{value}": int(n)
+            for column, values in (
+                ("direction", questions["direction"]),
+                ("form", questions["form"]),
+                ("options", questions["options"].map(len)),
+                ("correct", questions["correct"].map(sum)),
+            )
+            for value, n in sorted(values.value_counts().items())
         },
     }
 finish_stage("build_eval", metrics, metrics_file, params)

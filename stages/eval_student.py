@@ -1,10 +1,11 @@
-"""Stage eval_student@<model>: a student (untuned, or with its LoRA adapter) on every question set.
+"""Stage eval_student@<variant>: a trained adapter on every question set (params.yaml `mcqa:`), and
+the paired comparison with the untuned model it was trained from, on the same questions.
 
-python stages/eval_student.py <name> <model_dir> <eval_dir> <metrics.json> <breakdown.json>
-    <predictions.parquet>
+python stages/eval_student.py <variant> <adapter_dir> <eval_dir> <base_predictions.parquet>
+    <metrics.json> <breakdown.json> <predictions.parquet>
 
-The headline metrics (what `dvc exp show` lists) and the per asset, direction and form breakdown are
-separate files, so that experiment tables stay readable.
+The headline metrics (what `dvc exp show` lists) and the per asset, direction, form and option-count
+breakdown are separate files, so that experiment tables stay readable.
 """
 
 import sys
@@ -13,26 +14,21 @@ from pathlib import Path
 import pandas as pd
 
 from alia.params import load_params
-from alia.scoring import evaluate_model
+from alia.scoring import compare_with_base, evaluate_model
 from alia.tracking import finish_stage, start_run, write_json
 
-name = sys.argv[1]
-model_dir, eval_dir, metrics_file, breakdown_file, predictions_file = map(Path, sys.argv[2:7])
-params = load_params("eval_student")
+variant = sys.argv[1]
+adapter_dir, eval_dir, base_file, metrics_file, breakdown_file, predictions_file = map(Path, sys.argv[2:8])
+params = load_params("mcqa")
+config = load_params("train_student")["variants"][variant]
 question_sets = {path.stem: pd.read_parquet(path) for path in sorted(eval_dir.glob("*.parquet"))}
 
-with start_run(
-    "eval_student",
-    {k: v for k, v in params.items() if k != "models"} | {"model": str(model_dir)},
-    variant=name,
-):
-    metrics, predictions = evaluate_model(str(model_dir), question_sets, params, desc=name)
-    headline = {
-        k: {m: v for m, v in s.items() if not m.startswith("by_")} if k in question_sets else s
-        for k, s in metrics.items()
-    }
-    breakdown = {s: {m: v for m, v in metrics[s].items() if m.startswith("by_")} for s in question_sets}
+with start_run("eval_student", params | {"model": str(adapter_dir), **config}, variant=variant):
+    metrics, breakdown, predictions = evaluate_model(adapter_dir, question_sets, params, desc=variant)
+    # a positive control was trained on D_eval itself: labelled, so that no table takes it for a result
+    metrics = {"base": config["student"], "leak": bool(config.get("leak", False)), **metrics}
+    metrics = compare_with_base(metrics, predictions, pd.read_parquet(base_file), params)
     write_json(breakdown_file, breakdown)
     predictions_file.parent.mkdir(parents=True, exist_ok=True)
     predictions.to_parquet(predictions_file, index=False)
-    finish_stage("eval_student", headline, metrics_file)
+    finish_stage("eval_student", metrics, metrics_file)

@@ -39,8 +39,8 @@ def train() -> dict:
         config["format"],
         out_dir,
         checkpoint_dir,
-        params["lora"],
-        params["sft"],
+        params["lora"] | config.get("lora", {}),  # a variant may carry its own recipe (configs/controls.yaml)
+        params["sft"] | config.get("sft", {}),
         dtype=params["dtype"],
         report_to=["mlflow"] if state.is_main_process else [],
     )

@@ -17,7 +17,8 @@ def test_expert_questions():
     assert questions["options"].map(len).value_counts().to_dict() == {4: 49, 5: 1}
     assert (questions["correct"].map(sum) == 1).all()
     first = questions.iloc[0]
-    assert first["options"][first["answer_index"]] == "Seal"
+    assert first["options"][first["correct"].index(True)] == "Seal"
+    assert first["option_ids"] == ["A", "B", "C", "D"]
 
 
 def _write_lines(path, records):
@@ -27,7 +28,11 @@ def _write_lines(path, records):
 @pytest.mark.parametrize(
     "change, message",
     [
-        (lambda r: r.pop("asset_name"), "row 2, column 'asset_name': missing field 'asset_name'"),
+        (lambda r: r.pop("relevancy"), "row 2, column 'relevancy': missing field 'relevancy'"),
+        (
+            lambda r: r.update(option_ids=["A", "A", "B", "C"]),
+            "row 2, column 'option_ids': expected 4 distinct",
+        ),
         (lambda r: r.update(correct=[False, True]), "row 2, column 'correct': expected 4 booleans"),
         (lambda r: r.update(correct=[False] * 4), "row 2, column 'correct': no option is marked correct"),
         (

@@ -80,12 +80,11 @@ def test_second_repro_does_nothing_and_a_param_reruns_only_its_stage(project):
     params = project / "params.yaml"
     original = params.read_text()
     try:
-        params.write_text(original.replace("questions_per_cell: 1 ", "questions_per_cell: 2 "))
+        params.write_text(original.replace("  min_options: 2\n", "  min_options: 5\n"))
         out = run(["dvc", "repro", "build_eval"], project)
         assert "Running stage 'build_eval'" in out and "Running stage 'tables'" not in out
-        assert (
-            yaml.safe_load((project / "metrics" / "eval_set.json").read_text())["d_eval"]["questions"] == 80
-        )
+        d_eval = yaml.safe_load((project / "metrics" / "eval_set.json").read_text())["d_eval"]
+        assert d_eval["questions"] == d_eval["options.5"] == 1525
     finally:
         params.write_text(original)
         run(["dvc", "repro", "build_eval"], project)  # back to the committed state for the other tests
@@ -96,22 +95,23 @@ def test_experiment_run_is_tagged_in_mlflow(project):
     # --temp runs in a copy under .dvc/tmp/exps, leaving the workspace as committed
     run(
         # a setting never run before: DVC's run cache would restore a known one without running it
-        ["dvc", "exp", "run", "--temp", "build_eval", "-n", "three-per-cell"]
-        + ["-S", "build_eval.questions_per_cell=3"],
+        ["dvc", "exp", "run", "--temp", "build_eval", "-n", "three-options"]
+        + ["-S", "build_eval.min_options=3"],
         project,
     )
     import mlflow
 
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     runs = client.search_runs(
-        [client.get_experiment_by_name("alia").experiment_id], "tags.`dvc.exp_name` = 'three-per-cell'"
+        [client.get_experiment_by_name("alia").experiment_id], "tags.`dvc.exp_name` = 'three-options'"
     )
     assert len(runs) == 1
-    assert runs[0].data.metrics["d_eval.questions"] == 120 and runs[0].data.metrics["expert.questions"] == 50
+    # the 487 two-option questions are gone
+    assert runs[0].data.metrics["d_eval.questions"] == 2180 and runs[0].data.metrics["expert.questions"] == 50
     assert runs[0].data.tags["alia.stage"] == "build_eval"
-    assert runs[0].data.params["questions_per_cell"] == "3"
+    assert runs[0].data.params["min_options"] == "3"
     shown = run(["dvc", "exp", "show", "--csv", "--no-pager"], project)
-    assert "three-per-cell" in shown
+    assert "three-options" in shown
 
 
 @pytest.mark.slow
@@ -279,15 +279,19 @@ def test_kd_chain_and_a_rephrase_prompt_edit_reruns_only_that_style(project):
 
 @pytest.mark.slow
 def test_student_training_and_evaluation_stages(project):
-    """build_eval -> train_student -> eval_student -> mcqa_summary on two variants, tiny budgets."""
+    """build_eval -> train_student -> eval_pretrained, eval_student -> mcqa_summary on two variants,
+    tiny budgets: the paired comparison with the base on the same questions."""
     params_file = project / "params.yaml"
     original = params_file.read_text()
     params = yaml.safe_load(original)
     variants = params["train_student"]["variants"]
     params["train_student"]["variants"] = {k: variants[k] for k in ("kd_base", "kd_qa")}
     params["train_student"]["sft"] |= {"max_steps": 2, "per_device_train_batch_size": 2, "save_steps": 1}
-    params["eval_student"]["models"] = {"student_instruct": "pretrained", "kd_qa": "student"}
-    params["eval_student"]["max_questions"] = 6
+    params["mcqa"]["sets"] = {
+        "d_eval": {"sample": 8, "modes": ["letter"], "perturbation": True},
+        "d_eval_multi": {"sample": 4, "modes": ["letter"], "perturbation": False},
+        "expert": {"sample": 4, "modes": ["letter", "loglikelihood", "generative"], "perturbation": True},
+    }
     stages = ["train_student", "mcqa_summary"]
     with FakeOpenAI(kd_teacher_answer) as server:  # the KD corpora upstream, should they need a run
         params["teacher"] |= {"base_url": server.base_url, "model": "fake-model", "api_key_env": None}
@@ -296,18 +300,21 @@ def test_student_training_and_evaluation_stages(project):
     for stage in (
         "train_student@kd_base",
         "train_student@kd_qa",
+        "eval_pretrained@student_instruct",
+        "eval_student@kd_base",
         "eval_student@kd_qa",
+        "mcqa_summary",
     ):  # build_eval ran before
         assert f"Running stage '{stage}'" in out
-    assert "Running stage 'mcqa_summary'" in out and "Running stage 'eval_student@student_pt'" not in out
+    assert "eval_pretrained@student_pt" not in out
 
     d_eval = pd.read_parquet(project / "data" / "eval" / "questions" / "d_eval.parquet")
     expert = pd.read_parquet(project / "data" / "eval" / "questions" / "expert.parquet")
-    assert len(d_eval) == 40 and len(expert) == 50 and list(d_eval.columns) == list(expert.columns)
+    assert len(d_eval) == 2667 and len(expert) == 50 and list(d_eval.columns) == list(expert.columns)
 
     adapter = project / "models" / "student" / "kd_qa"
     config = yaml.safe_load((adapter / "adapter_config.json").read_text())
-    assert config["base_model_name_or_path"] == "models/pretrained/student_instruct" and config["r"] == 8
+    assert config["base_model_name_or_path"] == "models/pretrained/student_instruct" and config["r"] == 16
     trained = yaml.safe_load((project / "metrics" / "train_student" / "kd_qa.json").read_text())
     losses = yaml.safe_load((project / "metrics" / "plots" / "train_student" / "kd_qa.json").read_text())
     assert trained["steps"] == 2 and [row["step"] for row in losses] == [1, 2]
@@ -315,17 +322,24 @@ def test_student_training_and_evaluation_stages(project):
 
     metrics = yaml.safe_load((project / "metrics" / "mcqa" / "kd_qa.json").read_text())
     predictions = pd.read_parquet(project / "data" / "eval" / "predictions" / "kd_qa.parquet")
-    assert metrics["prompt_style"] == "chat" and metrics["base_model"] == "models/pretrained/student_instruct"
-    for name in ("d_eval", "expert"):
+    base = pd.read_parquet(project / "data" / "eval" / "predictions" / "student_instruct.parquet")
+    assert metrics["prompt_style"] == "chat" and metrics["base"] == "student_instruct" and not metrics["leak"]
+    for name, n in (("d_eval", 8), ("d_eval_multi", 4), ("expert", 4)):
         rows = predictions[predictions["set"] == name]
-        assert metrics[name]["questions"] == len(rows) == 6
-        assert metrics[name]["acc"] == round(rows["acc"].mean(), 4)
-        assert metrics[name]["undecided"] == rows["undecided"].sum()
+        assert metrics[name]["questions"] == len(rows) == n
+        assert sorted(rows["id"]) == sorted(base.loc[base["set"] == name, "id"])  # paired: the same questions
+        assert metrics[name]["letter"]["acc_all"] == round(rows["letter_acc"].mean(), 4)
+        paired = metrics[name]["vs_base"]["letter"]["all"]
+        ours, theirs = rows.set_index("id")["letter_acc"], base.set_index("id")["letter_acc"]
+        assert paired["delta"] == round((ours - theirs.loc[ours.index]).mean(), 4)
+    assert set(metrics["expert"]) >= {"letter", "loglikelihood", "loglikelihood_norm", "generative"}
+    assert "acc_perturb" in metrics["d_eval"]["letter"] and "f1" in metrics["d_eval_multi"]["letter"]
     breakdown = yaml.safe_load((project / "metrics" / "mcqa_breakdown" / "kd_qa.json").read_text())
-    assert sum(group["questions"] for group in breakdown["d_eval"]["by_form"].values()) == 6
-    assert not any(key.startswith("by_") for key in metrics["d_eval"])  # dvc exp show stays readable
+    assert sum(group["questions"] for group in breakdown["d_eval"]["letter"]["by_form"].values()) == 8
     summary = (project / "metrics" / "mcqa_summary.md").read_text()
-    assert "| student_instruct | - | chat |" in summary and "| kd_qa | student_instruct | chat |" in summary
+    assert (
+        "| student_instruct | letter |" in summary and "| kd_qa (from student_instruct) | letter |" in summary
+    )
 
     import mlflow
 
@@ -334,7 +348,7 @@ def test_student_training_and_evaluation_stages(project):
         [client.get_experiment_by_name("alia").experiment_id],
         "tags.`alia.stage` = 'train_student' and tags.`alia.variant` = 'kd_qa'",
     )
-    assert len(runs) == 1 and runs[0].data.params["lora.r"] == "8"
+    assert len(runs) == 1 and runs[0].data.params["lora.r"] == "16"
     assert len(client.get_metric_history(runs[0].info.run_id, "loss")) == 2  # the loss curve, per step
     assert "Data and pipelines are up to date" in run(["dvc", "status", *stages], project)
     params_file.write_text(original)

@@ -21,8 +21,9 @@ HUB_FILES = {
     "single_true_multi_choice_qa": "failuresensoriq_standard/all.jsonl",
     "multi_true_multi_choice_qa": "failuresensoriq_standard/all_multi_answers.jsonl",
 }
-REQUIRED_FIELDS = ("question", "options", "correct", "asset_name", "relevancy")
-COLUMNS = ["id", "question", "options", "correct", "answer_index", "asset_name", "relevancy", "question_type"]
+REQUIRED_FIELDS = ("question", "options", "correct", "relevancy")
+# the published multi-correct file has no asset_name: "" there
+COLUMNS = ["id", "question", "options", "option_ids", "correct", "asset_name", "relevancy", "question_type"]
 
 
 def resolve_mcqa_source(source: str, revision: str | None = None) -> Path:
@@ -79,14 +80,19 @@ def _validate(record: dict, path: Path, line_no: int) -> dict:
         )
     if not any(correct):
         raise TableError(path, "no option is marked correct", row=line_no, column="correct")
+    option_ids = record.get("option_ids") or list("ABCDEFGHIJ"[: len(options)])
+    if len(option_ids) != len(options) or len(set(option_ids)) != len(options):
+        raise TableError(
+            path, f"expected {len(options)} distinct labels, one per option", row=line_no, column="option_ids"
+        )
     return {
         "id": record.get("id", line_no - 1),
         "question": record["question"],
         "options": options,
+        # labels as published ("A", "B", ...); the perturbed files use "P)", "Q)", ...: the letter only
+        "option_ids": [str(i).strip().rstrip(").") for i in option_ids],
         "correct": correct,
-        # the single correct option's index; -1 for questions with several correct options
-        "answer_index": correct.index(True) if sum(correct) == 1 else -1,
-        "asset_name": record["asset_name"],
+        "asset_name": record.get("asset_name", ""),
         "relevancy": record["relevancy"],
         "question_type": record.get("question_type", ""),
     }

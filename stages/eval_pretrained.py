@@ -1,0 +1,27 @@
+"""Stage eval_pretrained@<model>: an untuned student on every question set (params.yaml `mcqa:`),
+the base that every adapter trained from it is compared with.
+
+python stages/eval_pretrained.py <name> <model_dir> <eval_dir> <metrics.json> <breakdown.json>
+    <predictions.parquet>
+"""
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from alia.params import load_params
+from alia.scoring import evaluate_model
+from alia.tracking import finish_stage, start_run, write_json
+
+name = sys.argv[1]
+model_dir, eval_dir, metrics_file, breakdown_file, predictions_file = map(Path, sys.argv[2:7])
+params = load_params("mcqa")
+question_sets = {path.stem: pd.read_parquet(path) for path in sorted(eval_dir.glob("*.parquet"))}
+
+with start_run("eval_pretrained", params | {"model": str(model_dir)}, variant=name):
+    metrics, breakdown, predictions = evaluate_model(model_dir, question_sets, params, desc=name)
+    write_json(breakdown_file, breakdown)
+    predictions_file.parent.mkdir(parents=True, exist_ok=True)
+    predictions.to_parquet(predictions_file, index=False)
+    finish_stage("eval_pretrained", metrics, metrics_file)
