@@ -314,7 +314,7 @@ def test_student_training_and_evaluation_stages(project):
 
     adapter = project / "models" / "student" / "kd_qa"
     config = yaml.safe_load((adapter / "adapter_config.json").read_text())
-    assert config["base_model_name_or_path"] == "models/pretrained/student_instruct" and config["r"] == 16
+    assert config["base_model_name_or_path"] == "models/pretrained/student_instruct" and config["r"] == 8
     trained = yaml.safe_load((project / "metrics" / "train_student" / "kd_qa.json").read_text())
     losses = yaml.safe_load((project / "metrics" / "plots" / "train_student" / "kd_qa.json").read_text())
     assert trained["steps"] == 2 and [row["step"] for row in losses] == [1, 2]
@@ -348,7 +348,7 @@ def test_student_training_and_evaluation_stages(project):
         [client.get_experiment_by_name("alia").experiment_id],
         "tags.`alia.stage` = 'train_student' and tags.`alia.variant` = 'kd_qa'",
     )
-    assert len(runs) == 1 and runs[0].data.params["lora.r"] == "16"
+    assert len(runs) == 1 and runs[0].data.params["lora.r"] == "8"
     assert len(client.get_metric_history(runs[0].info.run_id, "loss")) == 2  # the loss curve, per step
     assert "Data and pipelines are up to date" in run(["dvc", "status", *stages], project)
     params_file.write_text(original)
