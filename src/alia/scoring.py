@@ -110,10 +110,17 @@ def build_prompts(
     rows = questions.reset_index(drop=True)
     if "option_ids" not in rows:
         rows = rows.assign(option_ids=[list("ABCDEFGHIJ"[: len(o)]) for o in rows["options"]])
+    if "correct" not in rows:
+        rows = rows.assign(
+            correct=[
+                [j == a for j in range(len(o))]
+                for o, a in zip(rows["options"], rows["answer_index"], strict=True)
+            ]
+        )
     shots = fewshot_indices(rows, style.num_fewshot, seed)
     contexts, prompts = [], []
     for i, row in rows.iterrows():
-        labels, k = list(row.option_ids), int(sum(row.correct)) if "correct" in rows else 1
+        labels, k = list(row.option_ids), int(sum(row.correct))
         reply = GENERATIVE_INSTRUCTION if k == 1 else MULTI_INSTRUCTION.format(k=k)
         if style.chat:
             contexts.append(_chat(tokenizer, f"{INSTRUCTION}\n{cloze_text(row.question)}"))
@@ -123,7 +130,7 @@ def build_prompts(
         examples = [rows.iloc[j] for j in shots[i]]
         contexts.append(
             "\n\n".join(
-                [f"{cloze_text(e.question)} {e.options[e.answer_index]}" for e in examples]
+                [f"{cloze_text(e.question)} {_answers(e.options, e.correct)}" for e in examples]
                 + [cloze_text(row.question)]
             )
         )
@@ -131,13 +138,18 @@ def build_prompts(
             "\n\n".join(
                 [
                     f"{lettered_text(e.question, list(e.options), list(e.option_ids))} "
-                    f"{e.option_ids[e.answer_index]}"
+                    f"{_answers(e.option_ids, e.correct)}"
                     for e in examples
                 ]
                 + [lettered_text(row.question, list(row.options), labels)]
             )
         )
     return rows.assign(context=contexts, prompt=prompts)
+
+
+def _answers(values: list[str], correct: list[bool]) -> str:
+    """An example's answer: its correct option (or label), or all of them for a multi-correct question."""
+    return ", ".join(v for v, c in zip(values, correct, strict=True) if c)
 
 
 def _chat(tokenizer: PreTrainedTokenizerBase, content: str) -> str:
