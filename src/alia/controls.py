@@ -14,40 +14,25 @@ from __future__ import annotations
 import pandas as pd
 
 from alia.corpora import doc_id
-
-CONTROLS = ("control_text", "control_qa")
+from alia.mcqa import DIRECTIONS, anchor_rows, with_article
 
 
 def _listing(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def _article(asset: str) -> str:
-    name = asset.lower()
-    return ("an " if name[0] in "aeiou" else "a ") + name
-
-
 def _facts(matrix: pd.DataFrame):
     """(asset, direction, anchor, relevant options, irrelevant options) per failure mode and sensor."""
-    for direction, anchor, option in (
-        ("fm2sensor", "failure_mode", "sensor"),
-        ("sensor2fm", "sensor", "failure_mode"),
-    ):
-        for (asset, subject), group in matrix.groupby(["asset", anchor], sort=True):
-            yield (
-                asset,
-                direction,
-                subject,
-                sorted(group.loc[group["relevant"], option]),
-                sorted(group.loc[~group["relevant"], option]),
-            )
+    for direction in DIRECTIONS:
+        for asset, _, subject, _, relevant, irrelevant in anchor_rows(matrix, direction):
+            yield asset, direction, subject, relevant, irrelevant
 
 
 def control_text(matrix: pd.DataFrame) -> pd.DataFrame:
     """One document (a sentence or two) per asset and failure mode, and per asset and sensor."""
     rows = []
     for asset, direction, subject, relevant, irrelevant in _facts(matrix):
-        a_asset = _article(asset)
+        a_asset = with_article(asset)
         if direction == "fm2sensor":
             text = f"In {a_asset}, {subject} can be detected by monitoring {_listing(relevant)}."
             if irrelevant:
@@ -65,7 +50,7 @@ def control_qa(matrix: pd.DataFrame) -> pd.DataFrame:
     modes) are relevant, and which are not."""
     rows = []
     for asset, direction, subject, relevant, irrelevant in _facts(matrix):
-        a_asset = _article(asset)
+        a_asset = with_article(asset)
         if direction == "fm2sensor":
             asks = (
                 (f"Which sensors are relevant for detecting {subject} in {a_asset}?", relevant),

@@ -146,8 +146,9 @@ def _check_disjoint(matrix: pd.DataFrame, source_assets: list[str] | None) -> No
             raise ValueError(f"D_eval questions would ask about D_source assets: {sorted(shared)}")
 
 
-def _cells(matrix: pd.DataFrame, direction: str):
-    """Per asset and anchor (the failure mode or sensor asked about): its relevant and irrelevant options."""
+def anchor_rows(matrix: pd.DataFrame, direction: str):
+    """Per asset and anchor (the failure mode, or the sensor, of a direction): the anchor's column,
+    the anchor, the options' column, and its relevant and irrelevant options, each sorted."""
     anchor, option = ("failure_mode", "sensor") if direction == "fm2sensor" else ("sensor", "failure_mode")
     for (asset, subject), group in matrix.groupby(["asset", anchor], sort=True):
         yield (
@@ -179,7 +180,7 @@ def build_questions(
     rng = np.random.default_rng(seed)
     rows = []
     for direction in DIRECTIONS:
-        for asset, anchor, subject, option, relevant, irrelevant in _cells(matrix, direction):
+        for asset, anchor, subject, option, relevant, irrelevant in anchor_rows(matrix, direction):
             for form, answers, distractors in (
                 ("selection", relevant, irrelevant),
                 ("elimination", irrelevant, relevant),
@@ -225,7 +226,7 @@ def build_multi_correct(
     rng = np.random.default_rng(seed)
     rows = []
     for direction in DIRECTIONS:
-        for asset, anchor, subject, _, relevant, irrelevant in _cells(matrix, direction):
+        for asset, anchor, subject, _, relevant, irrelevant in anchor_rows(matrix, direction):
             if len(relevant) < correct or not irrelevant:
                 continue
             n_options = min(max_options, correct + len(irrelevant))
@@ -254,10 +255,15 @@ def build_multi_correct(
     return question_frame(questions.fillna({"failure_mode": "", "sensor": ""}))
 
 
-def _render(template: str, asset: str, **fields: object) -> str:
+def with_article(asset: str) -> str:
+    """ "a pump", "an electric motor"."""
     name = asset.lower()
-    a_asset = ("an " if name[0] in "aeiou" else "a ") + name
-    return template.format(asset=name, a_asset=a_asset, A_asset=a_asset.capitalize(), **fields)
+    return ("an " if name[0] in "aeiou" else "a ") + name
+
+
+def _render(template: str, asset: str, **fields: object) -> str:
+    a_asset = with_article(asset)
+    return template.format(asset=asset.lower(), a_asset=a_asset, A_asset=a_asset.capitalize(), **fields)
 
 
 def stratified_sample(questions: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
