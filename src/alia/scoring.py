@@ -491,14 +491,10 @@ def score_questions(
 def clusters(questions: pd.DataFrame) -> np.ndarray:
     """A cluster id per question: its asset and failure mode (the paraphrases of one fact are not
     independent); the question itself where its failure mode is unknown (published, expert files)."""
-    keys = (
-        np.where(
-            questions["failure_mode"].fillna("") != "",
-            questions["asset_name"].astype(str) + "\x1f" + questions["failure_mode"].astype(str),
-            "id\x1f" + questions["id"].astype(str),
-        )
-        if "failure_mode" in questions
-        else ("id\x1f" + questions["id"].astype(str)).to_numpy()
+    keys = np.where(
+        questions["failure_mode"].fillna("") != "",
+        questions["asset_name"].astype(str) + "\x1f" + questions["failure_mode"].astype(str),
+        "id\x1f" + questions["id"].astype(str),
     )
     return pd.factorize(keys)[0]
 
