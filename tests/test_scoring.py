@@ -61,10 +61,17 @@ def test_known_loglikelihoods_of_a_uniform_model(uniform_lm):
     np.testing.assert_allclose(scores, [-n * log_v for n in n_tokens], rtol=1e-5)
 
 
-def test_batched_left_padded_scores_equal_one_sequence_at_a_time(tiny_lm):
+# the same pairs behind a long preamble: the part every context shares runs once, as a chat
+# template's system turn does
+PREAMBLE = "You answer questions about industrial condition monitoring, one option at a time.\n"
+
+
+@pytest.mark.parametrize("pairs", [PAIRS, [(PREAMBLE + c, x) for c, x in PAIRS]])
+def test_batched_left_padded_scores_equal_one_sequence_at_a_time(tiny_lm, pairs):
+    """Options of one context share its forward pass; each score is still that of its own sequence."""
     model, tokenizer = load_model(tiny_lm, "float32")
-    batched = loglikelihoods(model, tokenizer, PAIRS, batch_size=4)
-    for (context, continuation), score in zip(PAIRS, batched, strict=True):
+    batched = loglikelihoods(model, tokenizer, pairs, batch_size=4)
+    for (context, continuation), score in zip(pairs, batched, strict=True):
         context_ids, continuation_ids = encode_pair(tokenizer, context, continuation)
         ids = torch.tensor([context_ids + continuation_ids])
         with torch.no_grad():
@@ -244,6 +251,18 @@ def test_summary_metrics_by_hand():
     assert breakdown["letter"]["by_asset"]["fan"]["acc"] == 1.0
     assert breakdown["letter"]["by_options"]["3"] == {"questions": 2, "acc": 0.5, "ci95": [0.0, 1.0]}
     assert bootstrap_ci(np.ones(10)) == [1.0, 1.0]
+
+
+def test_the_smallest_difference_a_set_can_tell():
+    """An untuned model's MDE: 2.8 x sqrt(2) standard errors of its accuracy (independent questions:
+    sqrt(p(1-p)/n)); four times the questions halve it."""
+    rng = np.random.default_rng(0)
+    for n in (400, 1600):
+        right = (rng.random(n) < 0.3).astype(float)
+        scored = _scored(letter_acc=right).assign(failure_mode="")  # every question its own cluster
+        mde = summarise(scored, resamples=2000)[0]["letter"]["mde_all"]
+        p = right.mean()
+        assert mde == pytest.approx(2.8 * math.sqrt(2 * p * (1 - p) / n), rel=0.1)
 
 
 def test_cluster_bootstrap_resamples_whole_clusters():

@@ -4,8 +4,8 @@ A deliberate leak, and never a result. A student trained on them shows whether t
 scoring can see learning at all on this machine:
 - `control_text`: plain sentences, one per failure mode and one per sensor of each asset (as
   KD_Base is text): how much plain-text knowledge reaches the question format;
-- `control_qa`: question-answer records (as KD_QA is), which sensors do and do not reveal each
-  failure mode, and which failure modes each sensor does and does not reveal.
+- `control_qa`: question-answer records (as KD_QA is), one per tick and direction, asked as D_eval
+  asks and answered as its scorer reads an answer.
 No teacher writes them, so they cost nothing and change only when the matrix does.
 """
 
@@ -14,7 +14,8 @@ from __future__ import annotations
 import pandas as pd
 
 from alia.corpora import doc_id
-from alia.mcqa import DIRECTIONS, anchor_rows, with_article
+from alia.mcqa import DIRECTIONS, TEMPLATES, anchor_rows, render, with_article
+from alia.scoring import INSTRUCTION, cloze_text
 
 
 def _listing(items: list[str]) -> str:
@@ -46,30 +47,29 @@ def control_text(matrix: pd.DataFrame) -> pd.DataFrame:
 
 
 def control_qa(matrix: pd.DataFrame) -> pd.DataFrame:
-    """Question-answer records: for each failure mode (sensor) of each asset, which sensors (failure
-    modes) are relevant, and which are not."""
+    """Question-answer records in D_eval's own wording and scoring format: for every tick, in each
+    direction, a selection question about it (D_eval's templates in turn) answered by the ticked
+    option as D_eval spells it.
+
+    The format is the log-likelihood scorer's prompt (instruction, "Question: ...", "Answer:"), so
+    that the control tests learning, not format transfer: records that list the relevant sensors in
+    their own words ("Which sensors are relevant for ...? Vibration, ...") were memorised (training
+    loss 4.7 -> 0.8) and still moved no D_eval scorer (docs/student.md).
+    """
     rows = []
-    for asset, direction, subject, relevant, irrelevant in _facts(matrix):
-        a_asset = with_article(asset)
-        if direction == "fm2sensor":
-            asks = (
-                (f"Which sensors are relevant for detecting {subject} in {a_asset}?", relevant),
-                (f"Which sensors are NOT relevant for detecting {subject} in {a_asset}?", irrelevant),
+    for asset, direction, subject, relevant, _ in _facts(matrix):
+        anchor = "failure_mode" if direction == "fm2sensor" else "sensor"
+        option = "sensor" if direction == "fm2sensor" else "failure_mode"
+        templates = TEMPLATES[direction, "selection"]
+        for i, answer in enumerate(relevant):
+            question = render(templates[i % len(templates)], asset, **{anchor: subject, option: answer})
+            rows.append(
+                {
+                    "doc_id": doc_id("control_qa", direction, asset, subject, answer),
+                    "asset": asset,
+                    "question": f"{INSTRUCTION}\n{cloze_text(question)}",
+                    "answer": answer,
+                    "context": "",
+                }
             )
-        else:
-            asks = (
-                (f"Which failure modes of {a_asset} can be detected with {subject}?", relevant),
-                (f"Which failure modes of {a_asset} can NOT be detected with {subject}?", irrelevant),
-            )
-        for question, answer in asks:
-            if answer:
-                rows.append(
-                    {
-                        "doc_id": doc_id("control_qa", question),
-                        "asset": asset,
-                        "question": question,
-                        "answer": _listing(answer).capitalize() + ".",
-                        "context": "",
-                    }
-                )
     return pd.DataFrame(rows)

@@ -196,7 +196,7 @@ def build_questions(
                     template = int(rng.integers(len(TEMPLATES[direction, form])))
                     rows.append(
                         {
-                            "question": _render(TEMPLATES[direction, form][template], asset, **cell),
+                            "question": render(TEMPLATES[direction, form][template], asset, **cell),
                             "options": options,
                             "correct": [o == answer for o in options],
                             "asset_name": asset,
@@ -238,7 +238,7 @@ def build_multi_correct(
                 template = int(rng.integers(len(MULTI_TEMPLATES[direction])))
                 rows.append(
                     {
-                        "question": _render(
+                        "question": render(
                             MULTI_TEMPLATES[direction][template], asset, k=correct, **{anchor: subject}
                         ),
                         "options": options,
@@ -261,7 +261,7 @@ def with_article(asset: str) -> str:
     return ("an " if name[0] in "aeiou" else "a ") + name
 
 
-def _render(template: str, asset: str, **fields: object) -> str:
+def render(template: str, asset: str, **fields: object) -> str:
     a_asset = with_article(asset)
     return template.format(asset=asset.lower(), a_asset=a_asset, A_asset=a_asset.capitalize(), **fields)
 

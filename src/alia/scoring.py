@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -213,6 +214,40 @@ def label_token(tokenizer: PreTrainedTokenizerBase, label: str, delimiter: str) 
     return ids[0]
 
 
+def _prefix_cache(model: Any, ids: list[int], cache: Any = None) -> Any:
+    """The key/value cache after `ids` (continuing `cache`, which it does not change)."""
+    cache = copy.deepcopy(cache)
+    past = cache.get_seq_length() if cache is not None else 0
+    return model(
+        input_ids=torch.tensor([ids], device=model.device),
+        position_ids=torch.arange(past, past + len(ids), device=model.device)[None],
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    ).past_key_values
+
+
+def _continue(
+    model: Any, cache: Any, shared: int, suffixes: list[list[int]], pad: int, keep: int
+) -> torch.Tensor:
+    """Logits of the last `keep` positions of each suffix (left-padded into one batch) after a
+    `shared`-token cache (None: no cache), which every row continues from a copy of."""
+    width = max(map(len, suffixes))
+    input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in suffixes])
+    mask = torch.tensor([[1] * shared + [0] * (width - len(s)) + [1] * len(s) for s in suffixes])
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+    if cache is not None:
+        cache = copy.deepcopy(cache)
+        cache.batch_repeat_interleave(len(suffixes))
+    return model(
+        input_ids=input_ids.to(model.device),
+        attention_mask=mask.to(model.device),
+        position_ids=positions.to(model.device),
+        past_key_values=cache,
+        logits_to_keep=keep,
+    ).logits
+
+
 @torch.inference_mode()
 def next_token_logprobs(
     model: Any,
@@ -231,41 +266,15 @@ def next_token_logprobs(
     if not encoded:
         return []
     shared = min(len(os.path.commonprefix(encoded)), min(map(len, encoded)) - 1)
-    prefix_cache = None
-    if shared >= MIN_SHARED_PREFIX:
-        prefix_cache = model(
-            input_ids=torch.tensor([encoded[0][:shared]], device=model.device), use_cache=True
-        ).past_key_values
-    else:
-        shared = 0
-    suffixes = [ids[shared:] for ids in encoded]
-    order = sorted(range(len(suffixes)), key=lambda i: -len(suffixes[i]))
-    out: list[np.ndarray] = [np.zeros(0)] * len(suffixes)
-    pad = tokenizer.pad_token_id
+    cache = _prefix_cache(model, encoded[0][:shared]) if shared >= MIN_SHARED_PREFIX else None
+    shared = shared if cache is not None else 0
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))  # similar lengths batch together
+    out: list[np.ndarray] = [np.zeros(0)] * len(encoded)
     for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False):
         batch = order[start : start + batch_size]
-        width = max(len(suffixes[i]) for i in batch)
-        input_ids = torch.tensor([[pad] * (width - len(suffixes[i])) + suffixes[i] for i in batch])
-        mask = torch.tensor(
-            [[1] * shared + [0] * (width - len(suffixes[i])) + [1] * len(suffixes[i]) for i in batch]
-        )
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
-        cache = None
-        if prefix_cache is not None:
-            cache = copy.deepcopy(prefix_cache)
-            cache.batch_repeat_interleave(len(batch))
-        logits = (
-            model(
-                input_ids=input_ids.to(model.device),
-                attention_mask=mask.to(model.device),
-                position_ids=positions.to(model.device),
-                past_key_values=cache,
-                logits_to_keep=1,
-            )
-            .logits[:, -1]
-            .float()
-        )
-        logprobs = torch.log_softmax(logits, dim=-1).cpu()
+        suffixes = [encoded[i][shared:] for i in batch]
+        logits = _continue(model, cache, shared, suffixes, tokenizer.pad_token_id, 1)[:, -1]
+        logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
         for row, i in enumerate(batch):
             out[i] = logprobs[row, candidates[i]].numpy()
     return out
@@ -280,36 +289,47 @@ def loglikelihoods(
     max_length: int | None = None,
     desc: str = "log-likelihood",
 ) -> np.ndarray:
-    """The summed log-probability of each continuation given its context."""
+    """The summed log-probability of each continuation given its context.
+
+    Pairs that share a context (a question's options) share its forward pass: the context runs
+    once and its options run as one batch of continuations from its key/value cache; the part
+    every context shares (a chat template's system turn and the instruction) runs once in all."""
     max_length = max_length or getattr(model.config, "max_position_embeddings", 2048)
-    encoded = []
-    for context, continuation in pairs:
+    groups: dict[str, list[int]] = {}
+    fed, targets = [], []
+    for i, (context, continuation) in enumerate(pairs):
         context_ids, continuation_ids = encode_pair(tokenizer, context, continuation)
         # the last token is predicted, never fed: lm-eval's (context + continuation)[-(max+1):][:-1]
         whole = (context_ids + continuation_ids)[-(max_length + 1) :]
-        encoded.append((whole[:-1], continuation_ids))
-    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))  # similar lengths batch together
-    scores = np.zeros(len(encoded))
+        fed.append(whole[:-1])
+        targets.append(continuation_ids)
+        groups.setdefault(context, []).append(i)
+    if not pairs:
+        return np.zeros(0)
+    # every logit a continuation needs comes after its context: a cache may hold at most that much
+    context_lengths = [max(len(f) - len(t), 0) for f, t in zip(fed, targets, strict=True)]
+    overall = min(len(os.path.commonprefix(fed)), min(context_lengths))
+    overall_cache = _prefix_cache(model, fed[0][:overall]) if overall >= MIN_SHARED_PREFIX else None
+    overall = overall if overall_cache is not None else 0
+    scores = np.zeros(len(pairs))
     pad = tokenizer.pad_token_id
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False):
-        batch = order[start : start + batch_size]
-        width = max(len(encoded[i][0]) for i in batch)
-        keep = max(len(encoded[i][1]) for i in batch)
-        # left padding, so every continuation ends the row and only the last `keep` logits are needed
-        input_ids = torch.tensor([[pad] * (width - len(encoded[i][0])) + encoded[i][0] for i in batch])
-        mask = torch.tensor([[0] * (width - len(encoded[i][0])) + [1] * len(encoded[i][0]) for i in batch])
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = model(
-            input_ids=input_ids.to(model.device),
-            attention_mask=mask.to(model.device),
-            position_ids=positions.to(model.device),
-            logits_to_keep=keep,
-        ).logits.cpu()
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
-        for row, i in enumerate(batch):
-            continuation = torch.tensor(encoded[i][1])
-            picked = logprobs[row, keep - len(continuation) :].gather(-1, continuation[:, None])
-            scores[i] = picked.sum().item()
+    for members in tqdm(groups.values(), desc=desc, leave=False):
+        rows = [fed[i] for i in members]
+        shared = min(len(os.path.commonprefix(rows)), min(context_lengths[i] for i in members))
+        cache = overall_cache
+        if shared > overall:
+            cache = _prefix_cache(model, rows[0][overall:shared], overall_cache)
+        else:
+            shared = overall
+        for start in range(0, len(members), batch_size):
+            chunk = members[start : start + batch_size]
+            keep = max(len(targets[i]) for i in chunk)
+            logits = _continue(model, cache, shared, [fed[i][shared:] for i in chunk], pad, keep)
+            logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
+            for row, i in enumerate(chunk):
+                continuation = torch.tensor(targets[i])
+                picked = logprobs[row, keep - len(continuation) :].gather(-1, continuation[:, None])
+                scores[i] = picked.sum().item()
     return scores
 
 
@@ -572,6 +592,11 @@ def summarise(scored: pd.DataFrame, resamples: int = 1000, seed: int = 0) -> tup
                 result[f"acc_{key}"] = round(float(right[keep].mean()), 4)
                 result[f"acc_{key}_ci95"] = bootstrap_ci(right[keep], groups[keep], resamples, seed)
                 result[f"questions_{key}"] = int(keep.sum())
+        # what the set can tell whatever the variant: two models' accuracies that differ by this
+        # much are told apart with 80% power, unpaired (a paired test with few discordant questions
+        # tells less; `vs_base` has each variant's own)
+        spread = bootstrap_means(right, groups, resamples, seed).std()
+        result["mde_all"] = round(Z_POWER * math.sqrt(2) * float(spread), 4)
         if f"{column}_perturbed" in scored:
             perturbed = scored[f"{column}_perturbed"].to_numpy(float)
             both = right * perturbed
@@ -752,6 +777,8 @@ def summary_table(results: dict[str, dict[str, Any]]) -> str:
                         f"{paired['delta']:+.3f} [{paired['ci95'][0]:+.3f}, {paired['ci95'][1]:+.3f}] "
                         f"| {paired['p_mcnemar']:.3g} | {paired['mde']:.3f}"
                         if paired
+                        else f"- | - | {s['mde_all']:.3f}"
+                        if "mde_all" in s
                         else "- | - | -"
                     )
                     cells = [
@@ -769,10 +796,12 @@ def summary_table(results: dict[str, dict[str, Any]]) -> str:
     lines += [
         "Acc_All / Acc_Sel / Acc_El: all, selection and elimination questions, with 95% intervals from a",
         "bootstrap over clusters of questions about the same asset and failure mode. Δ: the paired",
-        "difference from the untuned model on the same questions; MDE: the smallest difference this set",
-        "detects with 80% power at 5% (2.8 standard errors of Δ). letter: each option's letter as the next",
-        "token; LL: option log-likelihood (blind to NOT by construction); generative: the letter in the",
-        "model's answer. Acc_Perturb / Consistency: on a copy with options reordered and relabelled, and",
-        "right on both copies. Multi-correct questions: the exact set of letters, and per-option F1.",
+        "difference from the untuned model on the same questions; MDE: the smallest difference detected",
+        "with 80% power at 5%: for a variant 2.8 standard errors of its Δ, for an untuned model the set's",
+        "own (2.8 x sqrt 2 standard errors of its accuracy: two models scored independently).",
+        "letter: each option's letter as the next token; LL: option log-likelihood (blind to NOT by",
+        "construction); generative: the letter in the model's answer. Acc_Perturb / Consistency: on a",
+        "copy with options reordered and relabelled, and right on both copies.",
+        "Multi-correct questions: the exact set of letters, and per-option F1.",
     ]
     return "\n".join(lines) + "\n"
