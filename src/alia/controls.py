@@ -54,22 +54,21 @@ def control_qa(matrix: pd.DataFrame) -> pd.DataFrame:
     The format is the log-likelihood scorer's prompt (instruction, "Question: ...", "Answer:"), so
     that the control tests learning, not format transfer: records that list the relevant sensors in
     their own words ("Which sensors are relevant for ...? Vibration, ...") were memorised (training
-    loss 4.7 -> 0.8) and still moved no D_eval scorer (docs/student.md).
+    loss 4.7 -> 0.8) and still raised no D_eval scorer (docs/student.md).
     """
     rows = []
-    for asset, direction, subject, relevant, _ in _facts(matrix):
-        anchor = "failure_mode" if direction == "fm2sensor" else "sensor"
-        option = "sensor" if direction == "fm2sensor" else "failure_mode"
+    for direction in DIRECTIONS:
         templates = TEMPLATES[direction, "selection"]
-        for i, answer in enumerate(relevant):
-            question = render(templates[i % len(templates)], asset, **{anchor: subject, option: answer})
-            rows.append(
-                {
-                    "doc_id": doc_id("control_qa", direction, asset, subject, answer),
-                    "asset": asset,
-                    "question": f"{INSTRUCTION}\n{cloze_text(question)}",
-                    "answer": answer,
-                    "context": "",
-                }
-            )
+        for asset, anchor, subject, option, relevant, _ in anchor_rows(matrix, direction):
+            for i, answer in enumerate(relevant):
+                question = render(templates[i % len(templates)], asset, **{anchor: subject, option: answer})
+                rows.append(
+                    {
+                        "doc_id": doc_id("control_qa", direction, asset, subject, answer),
+                        "asset": asset,
+                        "question": f"{INSTRUCTION}\n{cloze_text(question)}",
+                        "answer": answer,
+                        "context": "",
+                    }
+                )
     return pd.DataFrame(rows)
