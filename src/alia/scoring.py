@@ -317,10 +317,8 @@ def loglikelihoods(
         rows = [fed[i] for i in members]
         shared = min(len(os.path.commonprefix(rows)), min(context_lengths[i] for i in members))
         cache = overall_cache
-        if shared > overall:
+        if shared > overall:  # never less: a group shares at least what every pair shares
             cache = _prefix_cache(model, rows[0][overall:shared], overall_cache)
-        else:
-            shared = overall
         for start in range(0, len(members), batch_size):
             chunk = members[start : start + batch_size]
             keep = max(len(targets[i]) for i in chunk)
@@ -406,7 +404,7 @@ def option_loglikelihoods(
     desc: str = "log-likelihood",
 ) -> list[np.ndarray]:
     """Per question of `build_prompts`' rows, the log-likelihood of each option after its context
-    (every option of every question in one batched pass)."""
+    (a question's options continue one pass of its context: `loglikelihoods`)."""
     pairs = [(r.context, style.delimiter + o) for r in rows.itertuples() for o in r.options]
     flat = loglikelihoods(model, tokenizer, pairs, batch_size, desc=desc)
     bounds = np.cumsum([0] + [len(o) for o in rows["options"]])
