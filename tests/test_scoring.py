@@ -66,11 +66,13 @@ def test_known_loglikelihoods_of_a_uniform_model(uniform_lm):
 PREAMBLE = "You answer questions about industrial condition monitoring, one option at a time.\n"
 
 
+@pytest.mark.parametrize("batch_size", [1, 4])
 @pytest.mark.parametrize("pairs", [PAIRS, [(PREAMBLE + c, x) for c, x in PAIRS]])
-def test_batched_left_padded_scores_equal_one_sequence_at_a_time(tiny_lm, pairs):
-    """Options of one context share its forward pass; each score is still that of its own sequence."""
+def test_packed_scores_equal_one_sequence_at_a_time(tiny_lm, pairs, batch_size):
+    """A context's options are packed behind it in one row, rows of different lengths share a pass;
+    each score is still that of its own sequence."""
     model, tokenizer = load_model(tiny_lm, "float32")
-    batched = loglikelihoods(model, tokenizer, pairs, batch_size=4)
+    batched = loglikelihoods(model, tokenizer, pairs, batch_size=batch_size)
     for (context, continuation), score in zip(pairs, batched, strict=True):
         context_ids, continuation_ids = encode_pair(tokenizer, context, continuation)
         ids = torch.tensor([context_ids + continuation_ids])

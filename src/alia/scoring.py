@@ -289,46 +289,94 @@ def loglikelihoods(
     max_length: int | None = None,
     desc: str = "log-likelihood",
 ) -> np.ndarray:
-    """The summed log-probability of each continuation given its context.
+    """The summed log-probability of each continuation given its context (lm-eval's loglikelihood).
 
-    Pairs that share a context (a question's options) share its forward pass: the context runs
-    once and its options run as one batch of continuations from its key/value cache; the part
-    every context shares (a chat template's system turn and the instruction) runs once in all."""
+    The continuations of one context (a question's options) are packed into one row behind it, each
+    attending to the context and to itself only, so a question and all its options take one row of
+    one forward pass (lm-eval runs the context again for every option); rows are batched by length,
+    `batch_size` contexts a pass, and the part every context shares (a chat template's system turn
+    and the instruction) runs once in all."""
     max_length = max_length or getattr(model.config, "max_position_embeddings", 2048)
-    groups: dict[str, list[int]] = {}
-    fed, targets = [], []
+    groups: dict[tuple[int, ...], list[tuple[int, list[int]]]] = {}
     for i, (context, continuation) in enumerate(pairs):
         context_ids, continuation_ids = encode_pair(tokenizer, context, continuation)
-        # the last token is predicted, never fed: lm-eval's (context + continuation)[-(max+1):][:-1]
-        whole = (context_ids + continuation_ids)[-(max_length + 1) :]
-        fed.append(whole[:-1])
-        targets.append(continuation_ids)
-        groups.setdefault(context, []).append(i)
-    if not pairs:
-        return np.zeros(0)
-    # every logit a continuation needs comes after its context: a cache may hold at most that much
-    context_lengths = [max(len(f) - len(t), 0) for f, t in zip(fed, targets, strict=True)]
-    overall = min(len(os.path.commonprefix(fed)), min(context_lengths))
-    overall_cache = _prefix_cache(model, fed[0][:overall]) if overall >= MIN_SHARED_PREFIX else None
-    overall = overall if overall_cache is not None else 0
+        if not context_ids:
+            raise ValueError(f"pair {i}: empty context {context!r}: nothing predicts the continuation")
+        if len(context_ids) + len(continuation_ids) > max_length + 1:
+            raise ValueError(
+                f"pair {i}: context and continuation are {len(context_ids) + len(continuation_ids)} "
+                f"tokens: the model reads at most {max_length}"
+            )
+        groups.setdefault(tuple(context_ids), []).append((i, continuation_ids))
     scores = np.zeros(len(pairs))
-    pad = tokenizer.pad_token_id
-    for members in tqdm(groups.values(), desc=desc, leave=False):
-        rows = [fed[i] for i in members]
-        shared = min(len(os.path.commonprefix(rows)), min(context_lengths[i] for i in members))
-        cache = overall_cache
-        if shared > overall:  # never less: a group shares at least what every pair shares
-            cache = _prefix_cache(model, rows[0][overall:shared], overall_cache)
-        for start in range(0, len(members), batch_size):
-            chunk = members[start : start + batch_size]
-            keep = max(len(targets[i]) for i in chunk)
-            logits = _continue(model, cache, shared, [fed[i][shared:] for i in chunk], pad, keep)
-            logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
-            for row, i in enumerate(chunk):
-                continuation = torch.tensor(targets[i])
-                picked = logprobs[row, keep - len(continuation) :].gather(-1, continuation[:, None])
+    if not pairs:
+        return scores
+    contexts = list(groups)
+    # each context keeps at least its last token: its logits predict every continuation's first
+    overall = min(len(os.path.commonprefix(contexts)), min(map(len, contexts)) - 1)
+    cache = _prefix_cache(model, list(contexts[0][:overall])) if overall >= MIN_SHARED_PREFIX else None
+    overall = overall if cache is not None else 0
+    rows = [(c[overall:], [(i, ids) for i, ids in groups[c] if ids]) for c in contexts]
+    rows.sort(key=lambda r: (-len(r[0]), -sum(len(ids) for _, ids in r[1])))  # similar rows batch together
+    for start in tqdm(range(0, len(rows), batch_size), desc=desc, leave=False):
+        batch = rows[start : start + batch_size]
+        logits, predictors = _packed_forward(model, cache, overall, batch, tokenizer.pad_token_id)
+        logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
+        for row, (_, members) in enumerate(batch):
+            for (i, ids), positions in zip(members, predictors[row], strict=True):
+                picked = logprobs[row, positions].gather(-1, torch.tensor(ids)[:, None])
                 scores[i] = picked.sum().item()
     return scores
+
+
+def _packed_forward(
+    model: Any,
+    cache: Any,
+    shared: int,
+    batch: list[tuple[tuple[int, ...], list[tuple[int, list[int]]]]],
+    pad: int,
+) -> tuple[torch.Tensor, list[list[list[int]]]]:
+    """One forward pass over rows of a context (left-padded, after a `shared`-token cache) and its
+    continuations packed behind it (their last token is only predicted, never fed). Returns the
+    logits from each context's last position on, and per row and continuation the positions among
+    them that predict the continuation's tokens."""
+    context_width = max(len(context) for context, _ in batch)
+    packed = [[t for _, ids in members for t in ids[:-1]] for _, members in batch]
+    width = context_width + max(map(len, packed))
+    input_ids, segments, positions, predictors = [], [], [], []
+    for (context, members), tail in zip(batch, packed, strict=True):
+        left, right = context_width - len(context), width - context_width - len(tail)
+        input_ids.append([pad] * left + list(context) + tail + [pad] * right)
+        segment, position, predicts, offset = [-1] * left + [0] * len(context), [0] * left, [], 0
+        position += range(shared, shared + len(context))
+        for j, (_, ids) in enumerate(members, start=1):
+            segment += [j] * (len(ids) - 1)
+            position += range(shared + len(context), shared + len(context) + len(ids) - 1)
+            # the context's last position predicts the first token, each fed token the next
+            predicts.append([0] + list(range(offset + 1, offset + len(ids))))
+            offset += len(ids) - 1
+        segments.append(segment + [-1] * right)
+        positions.append(position + [0] * right)
+        predictors.append(predicts)
+    segment = torch.tensor(segments)
+    query, key = segment[:, :, None], segment[:, None, :]
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    # a token sees the context and its own continuation; padding sees only itself (never a row of -inf)
+    allowed = causal & (key >= 0) & ((key == 0) | (key == query)) | torch.eye(width, dtype=torch.bool)
+    allowed = torch.cat([torch.ones(len(batch), width, shared, dtype=torch.bool), allowed], dim=-1)
+    # an additive mask: what the eager and SDPA attentions both take as a custom 4D mask
+    mask = torch.zeros(allowed.shape, dtype=model.dtype).masked_fill(~allowed, torch.finfo(model.dtype).min)
+    if cache is not None:
+        cache = copy.deepcopy(cache)
+        cache.batch_repeat_interleave(len(batch))
+    logits = model(
+        input_ids=torch.tensor(input_ids, device=model.device),
+        attention_mask=mask[:, None].to(model.device),
+        position_ids=torch.tensor(positions, device=model.device),
+        past_key_values=cache,
+        logits_to_keep=width - context_width + 1,
+    ).logits
+    return logits, predictors
 
 
 @torch.inference_mode()
