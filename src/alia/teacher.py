@@ -11,8 +11,11 @@ One `Teacher` talks to any OpenAI-compatible endpoint (vLLM, a llama.cpp server,
     then returned as a failure with its raw text;
   - token accounting and a progress bar with rate and ETA.
 With `base_url: local` it serves a packaged GGUF model with llama.cpp's OpenAI-compatible server on
-127.0.0.1 (alia.llama_server), started on the first cache miss (a warm re-run never starts it) and
-stopped on exit. The cache is alia.response_cache; every default is in params.yaml `teacher:`.
+127.0.0.1 (alia.llama_server), with `base_url: simulated` a simulated teacher that answers every
+prompt without a model (alia.simulated_teacher, for rehearsing paper-scale runs); either starts on
+the first cache miss (a warm re-run never starts it) and stops on exit. The cache is
+alia.response_cache; every default is in params.yaml `teacher:` (the simulated server's in
+alia.simulated_teacher.SimulatedConfig: the fastest, without faults).
 """
 
 from __future__ import annotations
@@ -33,8 +36,10 @@ from tqdm.auto import tqdm
 from alia.llama_server import LocalServer, LocalServerConfig
 from alia.prompts import Parser
 from alia.response_cache import Message, ResponseCache, cache_key
+from alia.simulated_teacher import SimulatedConfig, SimulatedServer
 
 LOCAL = "local"
+SIMULATED = "simulated"
 # What each stage reports of its teacher use; new_* count tokens spent by this run (not cached).
 METRICS = ("requests", "calls", "cache_hits", "retries", "reasks", "parse_failures", "failures",
            "prompt_tokens", "completion_tokens", "new_prompt_tokens", "new_completion_tokens")  # fmt: skip
@@ -45,7 +50,7 @@ class TeacherConfig(BaseModel):
     the key."""
 
     model_config = ConfigDict(extra="forbid")
-    base_url: str  # "local", or an OpenAI-compatible URL such as http://gpu-node:8000/v1
+    base_url: str  # "local", "simulated", or an OpenAI-compatible URL such as http://gpu-node:8000/v1
     model: str
     api_key_env: str | None
     temperature: float
@@ -59,6 +64,8 @@ class TeacherConfig(BaseModel):
     # llama.cpp's "json_object" + schema; "auto" picks llama.cpp's for the local server.
     structured_output: Literal["auto", "json_schema", "json_object", "off"]
     local: LocalServerConfig
+    # the simulated endpoint's latency and faults (base_url: simulated); the default is the fastest
+    simulated: SimulatedConfig = SimulatedConfig()
 
     def sampling(self) -> dict[str, Any]:
         """What, besides model and messages, decides an answer: part of the cache key."""
@@ -121,15 +128,15 @@ class Teacher:
 
     def __post_init__(self) -> None:
         self.cache = ResponseCache(self.cache_path)
-        self._server: LocalServer | None = None
+        self._server: LocalServer | SimulatedServer | None = None
         self._client: openai.AsyncOpenAI | None = None
 
     def __enter__(self) -> Teacher:
         return self
 
     @property
-    def server(self) -> LocalServer | None:
-        """The local server, once a cache miss has started it."""
+    def server(self) -> LocalServer | SimulatedServer | None:
+        """The local or simulated server, once a cache miss has started it."""
         return self._server
 
     def __exit__(self, *exc: object) -> None:
@@ -145,8 +152,8 @@ class Teacher:
         name = self.config.api_key_env
         if name and os.environ.get(name):
             return os.environ[name]
-        if self.config.base_url == LOCAL or not name:
-            return "no-key"  # the local server and keyless vLLM endpoints ignore it
+        if self.config.base_url in (LOCAL, SIMULATED) or not name:
+            return "no-key"  # the local and simulated servers and keyless vLLM endpoints ignore it
         raise TeacherError(
             f"set the environment variable {name} to the API key of {self.config.base_url}"
             " (params.yaml teacher.api_key_env names it)"
@@ -155,10 +162,12 @@ class Teacher:
     def _ensure_client(self) -> openai.AsyncOpenAI:
         if self._client is None:
             base_url = self.config.base_url
-            if base_url == LOCAL:
+            if base_url in (LOCAL, SIMULATED):
                 if self._server is None:
-                    self._server = LocalServer(
-                        self.config.local, self.config.model, self.server_log
+                    self._server = (
+                        LocalServer(self.config.local, self.config.model, self.server_log)
+                        if base_url == LOCAL
+                        else SimulatedServer(self.config.simulated, self.server_log)
                     ).__enter__()
                 base_url = self._server.base_url
             # tenacity does the retrying, so the client's own is off: one place decides.
@@ -177,19 +186,34 @@ class Teacher:
             self.stats["cache_hits"] += 1
             return {**cached, "key": key}
         client = self._ensure_client()
-        async for attempt in AsyncRetrying(
-            stop=stop_after_attempt(self.config.retries + 1),
-            wait=wait_exponential_jitter(multiplier=0.5, max=30),
-            retry=retry_if_exception(_is_transient),
-            reraise=True,
-        ):
-            with attempt:
-                if attempt.retry_state.attempt_number > 1:
+        self.stats["requests"] += 1
+        try:
+            response = await client.chat.completions.create(
+                model=self.config.model, messages=messages, **sampling
+            )
+            failed = None
+        except openai.OpenAIError as error:
+            if not _is_transient(error):
+                raise
+            failed = error
+        if failed is not None:
+            # Retries are tenacity's, entered only after a failure: its machinery costs ~50 us a
+            # request, a tenth of what a fast endpoint leaves the client. The failure is re-raised
+            # as tenacity's first attempt, so its backoff and stop count it.
+            async for attempt in AsyncRetrying(
+                stop=stop_after_attempt(self.config.retries + 1),
+                wait=wait_exponential_jitter(multiplier=0.5, max=30),
+                retry=retry_if_exception(_is_transient),
+                reraise=True,
+            ):
+                with attempt:
+                    if attempt.retry_state.attempt_number == 1:
+                        raise failed
                     self.stats["retries"] += 1
-                self.stats["requests"] += 1
-                response = await client.chat.completions.create(
-                    model=self.config.model, messages=messages, **sampling
-                )
+                    self.stats["requests"] += 1
+                    response = await client.chat.completions.create(
+                        model=self.config.model, messages=messages, **sampling
+                    )
         choice = response.choices[0]
         usage = response.usage
         answer = {
@@ -261,20 +285,23 @@ class Teacher:
     async def _ask_all(
         self, prompts: Sequence[list[Message]], parser: Parser | None, desc: str, response_format: dict | None
     ) -> list:
-        semaphore = asyncio.Semaphore(self.config.concurrency)
+        # `concurrency` workers share one queue of prompts: a paper-scale stage holds as many tasks
+        # as requests in flight, not one per prompt (hundreds of thousands)
+        results: list[Answer | BaseException | None] = [None] * len(prompts)
+        queue = iter(range(len(prompts)))
         progress = tqdm(total=len(prompts), desc=desc, unit="prompt", dynamic_ncols=True)
 
-        async def one(messages: list[Message]) -> Answer | BaseException:
-            async with semaphore:
+        async def worker() -> None:
+            for i in queue:
                 try:
-                    return await self._ask_one(messages, parser, response_format)
+                    results[i] = await self._ask_one(prompts[i], parser, response_format)
                 except openai.OpenAIError as error:  # kept: every other prompt still finishes and is cached
-                    return error
-                finally:
-                    progress.update()
+                    results[i] = error
+                progress.update()
 
         try:
-            return await asyncio.gather(*(one(m) for m in prompts))
+            await asyncio.gather(*(worker() for _ in range(min(self.config.concurrency, len(prompts)))))
+            return results
         finally:
             progress.close()
             await self._close_client()
