@@ -94,8 +94,7 @@ def filter_passages(
     near = []
     for index, text in kept["text"].items():
         signature = MinHash(num_perm=num_perm)
-        for shingle in _shingles(text, shingle_size):
-            signature.update(shingle.encode())
+        signature.update_batch([s.encode() for s in _shingles(text, shingle_size)])
         is_near = bool(lsh.query(signature))
         near.append(is_near)
         if not is_near:
@@ -227,10 +226,14 @@ def corpus_texts(name: str, corpus: pd.DataFrame) -> list[str]:
     return corpus["text"].tolist()
 
 
-def token_counts(tokenizer, texts: list[str]) -> int:  # noqa: ANN001 - any transformers tokenizer
-    if not texts:
-        return 0
-    return sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+def token_counts(tokenizer, texts: list[str], batch_size: int = 1000) -> int:  # noqa: ANN001 - any tokenizer
+    """Tokens of all `texts`, tokenised `batch_size` at a time: a paper-scale corpus's token ids never
+    sit in memory at once (all 112,000 passages in one call took corpus_stats to 3.8 GB)."""
+    return sum(
+        len(ids)
+        for start in range(0, len(texts), batch_size)
+        for ids in tokenizer(texts[start : start + batch_size], add_special_tokens=False)["input_ids"]
+    )
 
 
 # --- KD_Extend ------------------------------------------------------------------------------
