@@ -35,14 +35,60 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class LocalServer:
+class ServerProcess:
+    """An OpenAI-compatible server in a child process on 127.0.0.1: started, waited for until its
+    /models answers, stopped. LocalServer and alia.simulated_teacher.SimulatedServer are ones."""
+
+    name = "server"  # in errors: "the <name> exited with code 1"
+    log_path: Path | None = None
+    process: subprocess.Popen | None = None
+    base_url = ""
+
+    def _start(self, command: list[str], port: int, timeout: float, poll: float = 0.25) -> None:
+        """Run `command` (serving on `port`), its output to `log_path`; return once it answers."""
+        self.base_url = f"http://127.0.0.1:{port}/v1"
+        if self.log_path:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            self._wait_until_ready(timeout, poll)
+        except BaseException:
+            self._stop()
+            raise
+
+    def _wait_until_ready(self, timeout: float, poll: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                where = f"; see {self.log_path}" if self.log_path else ""
+                raise RuntimeError(f"the {self.name} exited with code {self.process.returncode}{where}")
+            try:
+                with urllib.request.urlopen(f"{self.base_url}/models", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(poll)
+        raise TimeoutError(f"the {self.name} did not answer within {timeout} s")
+
+    def _stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class LocalServer(ServerProcess):
     """llama.cpp's OpenAI-compatible server over a GGUF model, on 127.0.0.1, for one `with` block."""
+
+    name = "local teacher server"
 
     def __init__(self, config: LocalServerConfig, model_alias: str, log_path: str | Path | None = None):
         self.config, self.model_alias = config, model_alias
         self.log_path = Path(log_path) if log_path else None
-        self.process: subprocess.Popen | None = None
-        self.base_url = ""
 
     def __enter__(self) -> LocalServer:
         self._workdir = tempfile.TemporaryDirectory()
@@ -52,7 +98,6 @@ class LocalServer:
                 f"teacher.local.model must name a GGUF file for llama.cpp, got {self.config.model!r}"
             )
         port = free_port()
-        self.base_url = f"http://127.0.0.1:{port}/v1"
         cmd = [
             sys.executable,
             "-m",
@@ -70,39 +115,13 @@ class LocalServer:
             "--n_threads",
             str(self.config.n_threads),
         ]
-        if self.log_path:
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         try:
-            self._wait_until_ready()
+            self._start(cmd, port, self.config.startup_timeout)
         except BaseException:
-            self.__exit__(None, None, None)
+            self._workdir.cleanup()
             raise
         return self
 
-    def _wait_until_ready(self) -> None:
-        deadline = time.monotonic() + self.config.startup_timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                where = f"; see {self.log_path}" if self.log_path else ""
-                raise RuntimeError(
-                    f"the local teacher server exited with code {self.process.returncode}{where}"
-                )
-            try:
-                with urllib.request.urlopen(f"{self.base_url}/models", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.25)
-        raise TimeoutError(f"the local teacher server did not answer within {self.config.startup_timeout} s")
-
     def __exit__(self, *exc: object) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        self._stop()
         self._workdir.cleanup()

@@ -29,7 +29,6 @@ import hashlib
 import json
 import random
 import re
-import subprocess
 import sys
 import time
 import urllib.request
@@ -39,7 +38,7 @@ from pathlib import Path
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict
 
-from alia.llama_server import free_port
+from alia.llama_server import ServerProcess, free_port
 
 SENSORS = [
     "vibration", "temperature", "oil debris", "oil quality", "acoustic emission", "ultrasound",
@@ -258,48 +257,27 @@ class SimulatedTeacher:
             await asyncio.sleep(seconds)
 
 
-class SimulatedServer:
+class SimulatedServer(ServerProcess):
     """The simulated teacher in its own process on 127.0.0.1, for one `with` block."""
+
+    name = "simulated teacher"
 
     def __init__(self, config: SimulatedConfig | None = None, log_path: str | Path | None = None):
         self.config = config or SimulatedConfig()
         self.log_path = Path(log_path) if log_path else None
-        self.process: subprocess.Popen | None = None
-        self.base_url = ""
 
     def __enter__(self) -> SimulatedServer:
         port = free_port()
-        self.base_url = f"http://127.0.0.1:{port}/v1"
-        log = subprocess.DEVNULL
-        if self.log_path:
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
         command = [sys.executable, "-m", "alia.simulated_teacher", f"--port={port}", *self.config.args()]
-        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the simulated teacher exited with code {self.process.returncode}")
-            try:
-                urllib.request.urlopen(f"{self.base_url}/models", timeout=1).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        self.__exit__(None, None, None)
-        raise RuntimeError("the simulated teacher did not answer within 30 s")
+        self._start(command, port, timeout=30, poll=0.05)
+        return self
 
     def stats(self) -> dict[str, int]:
         with urllib.request.urlopen(self.base_url.removesuffix("/v1") + "/stats", timeout=10) as response:
             return json.load(response)
 
     def __exit__(self, *exc: object) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-            self.process = None
+        self._stop()
 
 
 def main() -> None:
