@@ -141,17 +141,15 @@ def answer_text(messages: list[dict], max_tokens: int, rng: random.Random, malfo
     ask = messages[-1]["content"] if messages else ""
     if "could not be used" in ask and len(messages) >= 3:  # a re-ask: answer the original prompt
         ask = next(m["content"] for m in messages if m["role"] == "user")
-    prose = _passage(rng, ask, min(max_tokens, 60))
     if "numbered list" in ask:
         if malformed:
-            return prose
+            return _passage(rng, ask, min(max_tokens, 60))
         at_most = int(m.group(1)) if (m := re.search(r"at most (\d+)", ask)) else 8
         sensors = rng.sample(SENSORS, rng.randint(min(3, at_most), at_most))
         return "\n".join(f"{i}. {s.capitalize()}" for i, s in enumerate(sensors, 1))
     if "Yes or No" in ask:
-        if malformed:
-            return "It depends on " + prose
-        return f"{rng.choice(['Yes', 'No'])}, {prose}"
+        reason = _passage(rng, ask, min(max_tokens, 60))
+        return "It depends on " + reason if malformed else f"{rng.choice(['Yes', 'No'])}, {reason}"
     if '"summary"' in ask:
         summary = _passage(rng, ask, 30)
         if '"qa"' in ask:
