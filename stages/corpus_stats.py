@@ -10,7 +10,7 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from alia.corpora import corpus_texts, read_corpus, token_counts
+from alia.corpora import corpus_batches, corpus_texts, token_counts
 from alia.tracking import finish_stage
 
 parser = argparse.ArgumentParser()
@@ -24,10 +24,14 @@ tokenizers = {path.name: AutoTokenizer.from_pretrained(path) for path in args.to
 stats, plot_rows = {}, []
 for path in args.corpora:
     name = path.name.removesuffix(".parquet")
-    texts = corpus_texts(name, read_corpus(path))
-    stats[name] = {"passages": len(texts)}
-    for student, tokenizer in tokenizers.items():
-        tokens = token_counts(tokenizer, texts)
-        stats[name][f"tokens_{student}"] = tokens
-        plot_rows.append({"corpus": name, "student": student, "tokens": tokens})
+    counts = dict.fromkeys(["passages", *(f"tokens_{student}" for student in tokenizers)], 0)
+    for batch in corpus_batches(path):  # a paper-scale corpus is read a batch at a time
+        texts = corpus_texts(name, batch)
+        counts["passages"] += len(texts)
+        for student, tokenizer in tokenizers.items():
+            counts[f"tokens_{student}"] += token_counts(tokenizer, texts)
+    stats[name] = counts
+    plot_rows += [
+        {"corpus": name, "student": student, "tokens": counts[f"tokens_{student}"]} for student in tokenizers
+    ]
 finish_stage("corpus_stats", stats, args.metrics_file, plots={args.plot_file: plot_rows})

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from alia.corpora import filter_passages, knowledge_items
-from alia.generation import ask_rows, stage_teacher
+from alia.corpora import PassageFilter, knowledge_items, write_chunks
+from alia.generation import ask_rows_in_chunks, stage_teacher
 from alia.params import load_params
 from alia.prompts import load_prompt
 from alia.tables import read_table
@@ -30,18 +30,17 @@ items = knowledge_items(
     sensors_per_class=params["sensors_per_class"],
     facts_per_document=params["facts_per_document"],
 )
+keep = PassageFilter(params["near_duplicate_threshold"])
 with stage_teacher(params.get("teacher"), cache) as teacher:
-    documents, _ = ask_rows(teacher, load_prompt("kd_base"), items, "kd_base")
-kd_base, filtered = filter_passages(documents, params["near_duplicate_threshold"])
+    chunks = ask_rows_in_chunks(teacher, load_prompt("kd_base"), items, "kd_base")
+    write_chunks((keep(documents) for documents, _ in chunks), out_file)
 
-out_file.parent.mkdir(parents=True, exist_ok=True)
-kd_base.to_parquet(out_file, index=False)
 metrics = {
-    "documents": len(kd_base),
-    "by_relation": kd_base["relation"]
+    "documents": keep.counts["kept"],
+    "by_relation": pd.read_parquet(out_file, columns=["relation"])["relation"]
     .value_counts()
     .reindex(items["relation"].unique(), fill_value=0)
     .to_dict(),
-    "filtered": filtered,
+    "filtered": keep.counts,
 }
 finish_stage("kd_base", metrics, metrics_file, params, teacher=teacher)

@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 
 from alia import kg
-from alia.corpora import extend_items, filter_passages, key_entity_rows
-from alia.generation import ask_rows, stage_teacher
+from alia.corpora import PassageFilter, extend_items, key_entity_rows, write_chunks
+from alia.generation import ask_rows, ask_rows_in_chunks, stage_teacher
 from alia.params import load_params
 from alia.prompts import load_prompt
 from alia.tables import read_tables
@@ -47,23 +47,17 @@ with stage_teacher(params.get("teacher"), cache) as teacher:
         answers, parsed, Canonicaliser.from_yaml(rules_file), names["sensor"], names["failure_mode"]
     )
     todo = extend_items(entities, params["entities_per_class"], params["pairs_per_class"])
-    written = [
-        ask_rows(teacher, load_prompt("entity_document"), todo[todo["kind"] == "entity"], "entity documents")[
-            0
-        ],
-        ask_rows(
-            teacher,
-            load_prompt("interaction_document"),
-            todo[todo["kind"] == "interaction"],
-            "interaction documents",
-        )[0],
-    ]
-kd_extend, filtered = filter_passages(
-    pd.concat(written, ignore_index=True), params["near_duplicate_threshold"]
-)
+    # entity documents, then interaction documents, each chunk filtered and written as it comes
+    keep = PassageFilter(params["near_duplicate_threshold"])
+    chunks = (
+        keep(written)
+        for kind, prompt in (("entity", "entity_document"), ("interaction", "interaction_document"))
+        for written, _ in ask_rows_in_chunks(
+            teacher, load_prompt(prompt), todo[todo["kind"] == kind], f"{kind} documents"
+        )
+    )
+    write_chunks(chunks, out_file)
 
-out_file.parent.mkdir(parents=True, exist_ok=True)
-kd_extend.to_parquet(out_file, index=False)
 entities_file.parent.mkdir(parents=True, exist_ok=True)
 entities.to_parquet(entities_file, index=False)
 metrics = {
@@ -74,7 +68,7 @@ metrics = {
     .value_counts()
     .reindex(["entity", "sensor", "failure_mode"], fill_value=0)
     .to_dict(),
-    "documents": len(kd_extend),
-    "filtered": filtered,
+    "documents": keep.counts["kept"],
+    "filtered": keep.counts,
 }
 finish_stage("kd_extend", metrics, metrics_file, params, teacher=teacher)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from alia.corpora import filter_passages, rephrase_items
-from alia.generation import ask_rows, stage_teacher
+from alia.corpora import PassageFilter, rephrase_items, write_chunks
+from alia.generation import ask_rows_in_chunks, stage_teacher
 from alia.params import load_params
 from alia.prompts import load_prompt
 from alia.tracking import finish_stage
@@ -19,11 +19,10 @@ base_file, out_file, cache, metrics_file = map(Path, sys.argv[2:6])
 params = load_params("kd_rephrase")
 
 items = rephrase_items(pd.read_parquet(base_file), style, params["documents"])
+keep = PassageFilter(params["near_duplicate_threshold"])
 with stage_teacher(params.get("teacher"), cache) as teacher:
-    rewritten, _ = ask_rows(teacher, load_prompt(f"kd_rephrase_{style}"), items, f"kd_rephrase {style}")
-corpus, filtered = filter_passages(rewritten.drop(columns="document"), params["near_duplicate_threshold"])
+    chunks = ask_rows_in_chunks(teacher, load_prompt(f"kd_rephrase_{style}"), items, f"kd_rephrase {style}")
+    write_chunks((keep(rewritten.drop(columns="document")) for rewritten, _ in chunks), out_file)
 
-out_file.parent.mkdir(parents=True, exist_ok=True)
-corpus.to_parquet(out_file, index=False)
-metrics = {"documents": len(corpus), "filtered": filtered}
+metrics = {"documents": keep.counts["kept"], "filtered": keep.counts}
 finish_stage("kd_rephrase", metrics, metrics_file, params, teacher=teacher, variant=style)

@@ -1,6 +1,7 @@
 import pandas as pd
+import pyarrow.parquet as pq
 
-from alia.corpora import filter_passages, knowledge_items
+from alia.corpora import PassageFilter, corpus_batches, filter_passages, knowledge_items, write_chunks
 
 
 def passages(texts, ok=None, finish=None):
@@ -8,11 +9,14 @@ def passages(texts, ok=None, finish=None):
     return pd.DataFrame({"text": texts, "ok": ok or [True] * n, "finish_reason": finish or ["stop"] * n})
 
 
+BASE = (
+    "Vibration sensors on centrifugal pumps reveal misalignment, unbalance and bearing wear long before "
+    "a failure, because each fault changes the spectrum of the casing vibration in its own way."
+)
+
+
 def test_each_filter_counts_what_it_removes():
-    base = (
-        "Vibration sensors on centrifugal pumps reveal misalignment, unbalance and bearing wear long before "
-        "a failure, because each fault changes the spectrum of the casing vibration in its own way."
-    )
+    base = BASE
     texts = [
         base,
         "",  # empty
@@ -36,6 +40,34 @@ def test_each_filter_counts_what_it_removes():
         "kept": 2,
     }
     assert kept["text"].tolist() == [texts[0], texts[5]]
+
+
+def test_filtering_chunk_by_chunk_finds_duplicates_across_chunks(tmp_path):
+    texts = [
+        BASE,
+        "Thermography shows hot spots on electrical connections of switchgear.",
+        BASE.upper(),  # an exact duplicate of the first chunk's passage
+        BASE.replace("long before a failure", "well before any failure"),  # a near duplicate of it
+        "Oil debris analysis counts the wear particles in the lubricant of a gearbox.",
+    ]
+    whole, whole_counts = filter_passages(passages(texts), near_duplicate_threshold=0.5)
+    keep = PassageFilter(near_duplicate_threshold=0.5)
+    out = tmp_path / "corpus.parquet"
+    rows = write_chunks((keep(passages(texts[i : i + 2])) for i in range(0, 5, 2)), out)
+    assert keep.counts == whole_counts and whole_counts["exact_duplicates"] == 1
+    assert whole_counts["near_duplicates"] == 1 and rows == whole_counts["kept"] == 3
+    written = pd.read_parquet(out)
+    assert written.equals(whole) and written["text"].tolist() == [texts[0], texts[1], texts[4]]
+    # the third chunk was all duplicates: only the first and the last became row groups
+    assert pq.ParquetFile(out).metadata.num_row_groups == 2
+    assert pd.concat(corpus_batches(out, batch_size=2), ignore_index=True).equals(written)
+
+
+def test_a_corpus_with_nothing_kept_is_an_empty_file_with_its_columns(tmp_path):
+    keep = PassageFilter()
+    out = tmp_path / "empty.parquet"
+    assert write_chunks([keep(passages(["", " "]))], out) == 0
+    assert list(pd.read_parquet(out)) == ["text", "ok", "finish_reason"] and keep.counts["empty"] == 2
 
 
 def test_distinct_passages_survive():

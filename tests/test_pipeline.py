@@ -277,6 +277,62 @@ def test_kd_chain_and_a_rephrase_prompt_edit_reruns_only_that_style(project):
     git("checkout", "--", "prompts", cwd=project)
 
 
+def _cached_answers(cache: Path) -> int:
+    import sqlite3
+
+    if not cache.exists():
+        return 0
+    with sqlite3.connect(f"file:{cache}?mode=ro", uri=True, timeout=10) as db:
+        return db.execute("SELECT count(*) FROM responses").fetchone()[0]
+
+
+@pytest.mark.slow
+def test_sigkill_in_kd_extend_then_repro_repeats_no_answered_request(project):
+    """`dvc repro` killed with SIGKILL half-way through the largest teacher stage, then run again:
+    every answer that arrived before the kill comes from the cache, and the outputs are whole."""
+    import signal
+    import time
+
+    from alia.simulated_teacher import SimulatedConfig, SimulatedServer
+
+    params_file, original = project / "params.yaml", (project / "params.yaml").read_text()
+    cache = project / "data" / "teacher_cache" / "kd_extend.sqlite"
+    # 20 ms a request, 4 at a time: ~200 requests/s, so the kill falls in the middle of the stage
+    with SimulatedServer(SimulatedConfig(ttft=0.02)) as server:
+        params = yaml.safe_load(original)
+        params["teacher"] |= {"base_url": server.base_url, "model": "simulated", "api_key_env": None}
+        params["teacher"]["concurrency"] = 4
+        params["kd_extend"] |= {"documents": 48, "entities_per_class": 20, "pairs_per_class": 60}
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        run(["dvc", "repro", "kd_base"], project)
+        env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+        dvc = subprocess.Popen(
+            ["dvc", "repro", "kd_extend"], cwd=project, env=env, start_new_session=True,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while dvc.poll() is None and _cached_answers(cache) < 150 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.killpg(dvc.pid, signal.SIGKILL)  # dvc and the stage it runs
+        dvc.wait()
+        before = _cached_answers(cache)
+        assert before >= 150, "the stage must be killed after 150 answers"
+
+        out = run(["dvc", "repro", "kd_extend"], project)
+        assert "Running stage 'kd_extend'" in out
+        metrics = yaml.safe_load((project / "metrics" / "kd_extend.json").read_text())
+        after = _cached_answers(cache)
+        assert before < after, "the stage must be killed before its last answer"
+        # the re-run asks for exactly what the cache lacks; at most the 4 requests in flight at the
+        # kill (answered by the server, never received) were answered twice
+        assert metrics["teacher"]["calls"] == after - before
+        assert metrics["teacher"]["cache_hits"] >= before
+        assert server.stats()["answered_twice"] <= 4
+        extend = pd.read_parquet(project / "data" / "corpora" / "kd_extend.parquet")
+        assert len(extend) == metrics["documents"] > 100 and extend["doc_id"].is_unique
+    params_file.write_text(original)
+
+
 @pytest.mark.slow
 def test_student_training_and_evaluation_stages(project):
     """build_eval -> train_student -> eval_pretrained, eval_student -> mcqa_summary on two variants,

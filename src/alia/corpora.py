@@ -10,11 +10,14 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter
-from itertools import combinations
+from collections.abc import Iterable, Iterator
+from itertools import combinations, count
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from datasketch import MinHash, MinHashLSH
 
 from alia.vocabulary import LABEL_SEPARATOR, Canonicaliser, normalise_text
@@ -74,36 +77,87 @@ def _shingles(text: str, size: int) -> set[str]:
     return {" ".join(words[i : i + size]) for i in range(max(1, len(words) - size + 1))}
 
 
+class PassageFilter:
+    """The corpus filters over a stream of passage chunks: call it on each chunk in order; it returns
+    the chunk's survivors (first occurrence kept, also across chunks) and adds to `counts`.
+
+    What it remembers is bounded by the corpus's distinct passages: a 16-byte digest each for exact
+    duplicates and a MinHash LSH entry for near duplicates, never the texts.
+    """
+
+    def __init__(self, near_duplicate_threshold: float = 0.85, shingle_size: int = 5, num_perm: int = 128):
+        self.shingle_size, self.num_perm = shingle_size, num_perm
+        self.lsh = MinHashLSH(threshold=near_duplicate_threshold, num_perm=num_perm)
+        self.first = MinHash(num_perm=num_perm)  # its permutations are drawn once, not per passage
+        self.seen: set[bytes] = set()
+        self.lsh_keys = count()
+        self.counts = dict.fromkeys(
+            ("input", "failed", "empty", "truncated", "exact_duplicates", "near_duplicates", "kept"), 0
+        )
+
+    def _exact_duplicate(self, text: str) -> bool:
+        digest = hashlib.blake2b(_normalised(text).encode(), digest_size=16).digest()
+        if digest in self.seen:
+            return True
+        self.seen.add(digest)
+        return False
+
+    def _near_duplicate(self, text: str) -> bool:
+        signature = MinHash(self.num_perm, permutations=self.first.permutations, scheme=self.first.scheme)
+        signature.update_batch([s.encode() for s in _shingles(text, self.shingle_size)])
+        if self.lsh.query(signature):
+            return True
+        self.lsh.insert(str(next(self.lsh_keys)), signature)
+        return False
+
+    def __call__(self, passages: pd.DataFrame) -> pd.DataFrame:
+        self.counts["input"] += len(passages)
+        kept = passages
+        for name, condition in (
+            ("failed", lambda df: ~df["ok"].astype(bool)),
+            ("empty", lambda df: df["text"].str.strip() == ""),
+            ("truncated", lambda df: df["finish_reason"] == "length"),  # the teacher hit max_tokens
+            ("exact_duplicates", lambda df: df["text"].map(self._exact_duplicate)),
+            ("near_duplicates", lambda df: df["text"].map(self._near_duplicate)),
+        ):
+            drop = condition(kept).astype(bool)
+            self.counts[name] += int(drop.sum())
+            kept = kept[~drop]
+        self.counts["kept"] += len(kept)
+        return kept.reset_index(drop=True)
+
+
 def filter_passages(
-    passages: pd.DataFrame, near_duplicate_threshold: float = 0.85, shingle_size: int = 5, num_perm: int = 128
+    passages: pd.DataFrame, near_duplicate_threshold: float = 0.85
 ) -> tuple[pd.DataFrame, dict[str, int]]:
     """The passages that survive every filter (first occurrence kept), and each filter's count."""
-    counts = {"input": len(passages)}
-    kept = passages
-    for name, condition in (
-        ("failed", lambda df: ~df["ok"].astype(bool)),
-        ("empty", lambda df: df["text"].str.strip() == ""),
-        ("truncated", lambda df: df["finish_reason"] == "length"),  # the teacher hit max_tokens
-        ("exact_duplicates", lambda df: df["text"].map(_normalised).duplicated()),
-    ):
-        drop = condition(kept)
-        counts[name] = int(drop.sum())
-        kept = kept[~drop]
+    keep = PassageFilter(near_duplicate_threshold)
+    return keep(passages), keep.counts
 
-    lsh = MinHashLSH(threshold=near_duplicate_threshold, num_perm=num_perm)
-    near = []
-    for index, text in kept["text"].items():
-        signature = MinHash(num_perm=num_perm)
-        signature.update_batch([s.encode() for s in _shingles(text, shingle_size)])
-        is_near = bool(lsh.query(signature))
-        near.append(is_near)
-        if not is_near:
-            lsh.insert(str(index), signature)
-    near = pd.Series(near, index=kept.index, dtype=bool)
-    counts["near_duplicates"] = int(near.sum())
-    kept = kept[~near].reset_index(drop=True)
-    counts["kept"] = len(kept)
-    return kept, counts
+
+def write_chunks(chunks: Iterable[pd.DataFrame], path: str | Path) -> int:
+    """Each chunk as a Parquet row group of `path`, as it comes; the rows written. The first non-empty
+    chunk sets the schema (every chunk has the same columns), so no chunk waits for the others."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer, rows, empty = None, 0, pd.DataFrame()
+    try:
+        for chunk in chunks:
+            if chunk.empty:  # its columns' types are unknown (pandas object, Arrow null)
+                empty = chunk
+                continue
+            table = pa.Table.from_pandas(
+                chunk, preserve_index=False, schema=writer.schema if writer else None
+            )
+            writer = writer or pq.ParquetWriter(path, table.schema)
+            writer.write_table(table)
+            rows += len(chunk)
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:  # nothing kept: the file still exists, with the columns
+        empty.to_parquet(path, index=False)
+    return rows
 
 
 def rephrase_items(kd_base: pd.DataFrame, style: str, documents: int) -> pd.DataFrame:
@@ -206,15 +260,26 @@ def raft_records(
     return out
 
 
-def read_corpus(path: str | Path) -> pd.DataFrame:
-    """A corpus Parquet file, or every Parquet file of a folder (e.g. the four kd_rephrase styles)."""
-    path = Path(path)
+def _corpus_files(path: Path) -> list[Path]:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such corpus (its stage has not run: `dvc repro`)")
     files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
     if not files:
         raise FileNotFoundError(f"{path}: no Parquet corpus files")
-    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    return files
+
+
+def read_corpus(path: str | Path) -> pd.DataFrame:
+    """A corpus Parquet file, or every Parquet file of a folder (e.g. the four kd_rephrase styles)."""
+    return pd.concat([pd.read_parquet(f) for f in _corpus_files(Path(path))], ignore_index=True)
+
+
+def corpus_batches(path: str | Path, batch_size: int = 1000) -> Iterator[pd.DataFrame]:
+    """A corpus (as `read_corpus` finds it) `batch_size` rows at a time: a paper-scale corpus is never
+    read whole."""
+    for file in _corpus_files(Path(path)):
+        for batch in pq.ParquetFile(file).iter_batches(batch_size=batch_size):
+            yield batch.to_pandas()
 
 
 def corpus_texts(name: str, corpus: pd.DataFrame) -> list[str]:

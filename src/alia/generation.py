@@ -8,15 +8,20 @@ raw text. Nothing is dropped here; filters downstream count what they remove.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from tqdm.auto import tqdm
 
 from alia.params import load_params
 from alia.prompts import Prompt
 from alia.teacher import Teacher, TeacherConfig
 
+# Rows asked and written at a time by a stage that streams its corpus: large enough that the endpoint
+# stays busy (a chunk's last answers wait for its slowest), small enough to hold in memory
+CHUNK_SIZE = 4096
 PROVENANCE_COLUMNS = [
     "prompt",
     "prompt_hash",
@@ -33,7 +38,7 @@ PROVENANCE_COLUMNS = [
 
 
 def ask_rows(
-    teacher: Teacher, prompt: Prompt, items: pd.DataFrame, desc: str
+    teacher: Teacher, prompt: Prompt, items: pd.DataFrame, desc: str, progress: tqdm | None = None
 ) -> tuple[pd.DataFrame, list[Any]]:
     """`items` with the provenance columns added, and each row's parsed answer (None where it failed).
 
@@ -44,6 +49,7 @@ def ask_rows(
         parser=prompt.parser(),
         desc=desc,
         schema=prompt.schema(),
+        progress=progress,
     )
     out = items.reset_index(drop=True).copy()
     same_for_all = {"prompt": prompt.name, "prompt_hash": prompt.hash, "teacher_model": teacher.config.model}
@@ -53,6 +59,17 @@ def ask_rows(
         )
     out["error"] = out["error"].fillna("")
     return out, [a.parsed if a.ok else None for a in answers]
+
+
+def ask_rows_in_chunks(
+    teacher: Teacher, prompt: Prompt, items: pd.DataFrame, desc: str, chunk_size: int = CHUNK_SIZE
+) -> Iterator[tuple[pd.DataFrame, list[Any]]]:
+    """`ask_rows`, `chunk_size` rows at a time under one progress bar: a stage writes each chunk's
+    answers as they come, and holds no more than one chunk of a paper-scale corpus. Always yields at
+    least one (maybe empty) chunk, so that the output file exists."""
+    with tqdm(total=len(items), desc=desc, unit="prompt", dynamic_ncols=True) as progress:
+        for start in range(0, max(len(items), 1), chunk_size):
+            yield ask_rows(teacher, prompt, items.iloc[start : start + chunk_size], desc, progress)
 
 
 # --- the teacher of a stage --------------------------------------------------------------------

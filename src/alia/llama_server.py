@@ -6,6 +6,8 @@ stage ends; its settings are params.yaml `teacher.local`.
 
 from __future__ import annotations
 
+import ctypes
+import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +20,8 @@ from pydantic import BaseModel, ConfigDict
 
 from alia.models import resolve_source
 
+PR_SET_PDEATHSIG = 1  # prctl(2)
+
 
 class LocalServerConfig(BaseModel):
     """params.yaml `teacher.local` (every default is there)."""
@@ -27,6 +31,12 @@ class LocalServerConfig(BaseModel):
     n_ctx: int
     n_threads: int
     startup_timeout: float
+
+
+def _die_with_parent() -> None:
+    """In the server's process before it starts (Linux): SIGTERM when the stage that started it dies,
+    killed with -9 included, so no server outlives its stage holding a port and memory."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -50,7 +60,12 @@ class ServerProcess:
         if self.log_path:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
         try:
             self._wait_until_ready(timeout, poll)
         except BaseException:

