@@ -114,7 +114,8 @@ def run_stage(cmd: str, workdir: Path, env: dict, log: Path, kill: tuple[Path, i
         if kill:
             while process.poll() is None and cached_answers(kill[0]) < kill[1]:
                 time.sleep(0.2)
-            os.killpg(process.pid, signal.SIGKILL)  # the shell and the stage it runs
+            if process.poll() is None:  # else the stage finished first: nothing to kill
+                os.killpg(process.pid, signal.SIGKILL)  # the shell and the stage it runs
         _, status, usage = os.wait4(process.pid, 0)
     return time.perf_counter() - start, status, usage
 
@@ -148,6 +149,8 @@ def run_chain(workdir: Path, label: str, env: dict, kill_at: int = 0) -> list[di
             "cache_mb": size(cache) / 1e6 if cache else 0.0,
             "rows": {o: pq.read_table(workdir / o).num_rows for o in outs if o.endswith(".parquet")},
         }  # fmt: skip
+        if "cached_at_kill" in row:
+            row["cached_after"] = cached_answers(cache)
         rows.append(row)
         print(f"  {label} {name}: {seconds:.0f} s, {row['requests']} requests", flush=True)
     return rows
@@ -189,6 +192,12 @@ def report(label: str, cold: list[dict], warm: list[dict] | None, server: dict) 
           f"{sum(w['calls'] for w in warm or []):>14}"
           f"{max(r['peak_rss_mb'] for r in cold + (warm or [])):>14.0f}")  # fmt: skip
     print(f"server: {server}")
+    for c in cold:
+        if "cached_at_kill" in c:
+            print(f"{c['stage']}: SIGKILL after {c['killed_after_s']:.0f} s with {c['cached_at_kill']:,} "
+                  f"answers cached; the re-run made {c['calls']:,} calls ({c['cached_after']:,} answers "
+                  f"cached in all), read {c['cache_hits']:,} from the cache; the server answered "
+                  f"{server['answered_twice']} requests twice")  # fmt: skip
     rows = {o: n for c in cold for o, n in c["rows"].items()}
     print("rows: " + ", ".join(f"{Path(o).stem} {n:,}" for o, n in rows.items()))
 
