@@ -111,12 +111,17 @@ def run_stage(cmd: str, workdir: Path, env: dict, log: Path, kill: tuple[Path, i
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        if kill:
-            while process.poll() is None and cached_answers(kill[0]) < kill[1]:
-                time.sleep(0.2)
-            if process.poll() is None:  # else the stage finished first: nothing to kill
+        while kill:  # reaped here, not by Popen, so that its rusage is ours to read
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:  # the stage finished first: nothing to kill
+                break
+            if cached_answers(kill[0]) >= kill[1]:
                 os.killpg(process.pid, signal.SIGKILL)  # the shell and the stage it runs
-        _, status, usage = os.wait4(process.pid, 0)
+                _, status, usage = os.wait4(process.pid, 0)
+                break
+            time.sleep(0.2)
+        else:
+            _, status, usage = os.wait4(process.pid, 0)
     return time.perf_counter() - start, status, usage
 
 
