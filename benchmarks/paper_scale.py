@@ -98,8 +98,9 @@ def cached_answers(cache: Path) -> int:
 
 
 def run_stage(cmd: str, workdir: Path, env: dict, log: Path, kill: tuple[Path, int] | None = None) -> tuple:
-    """(seconds, exit status, rusage) of one stage process; with `kill` (cache, answers), SIGKILL
-    once that many answers are in the cache."""
+    """(seconds, exit status, rusage, killed) of one stage process; with `kill` (cache, answers),
+    SIGKILL once that many answers are in the cache."""
+    killed = False
     start = time.perf_counter()
     with open(log, "w") as out:
         process = subprocess.Popen(
@@ -118,11 +119,12 @@ def run_stage(cmd: str, workdir: Path, env: dict, log: Path, kill: tuple[Path, i
             if cached_answers(kill[0]) >= kill[1]:
                 os.killpg(process.pid, signal.SIGKILL)  # the shell and the stage it runs
                 _, status, usage = os.wait4(process.pid, 0)
+                killed = True
                 break
             time.sleep(0.2)
         else:
             _, status, usage = os.wait4(process.pid, 0)
-    return time.perf_counter() - start, status, usage
+    return time.perf_counter() - start, status, usage, killed
 
 
 def run_chain(workdir: Path, label: str, env: dict, kill_at: int = 0) -> list[dict]:
@@ -132,13 +134,13 @@ def run_chain(workdir: Path, label: str, env: dict, kill_at: int = 0) -> list[di
         log = workdir / "logs" / f"{name}.log"
         cache = next((workdir / o for o in outs if o.endswith(".sqlite")), None)
         row = {"stage": name}
-        if name == LARGEST and kill_at:
-            seconds, status, _ = run_stage(
-                cmd, workdir, env, log.with_suffix(".killed.log"), (cache, kill_at)
-            )
+        kill = (cache, kill_at) if name == LARGEST and kill_at else None
+        seconds, status, usage, killed = run_stage(cmd, workdir, env, log, kill)
+        if killed:  # then the same command again, as `dvc repro` would run it
             row |= {"killed_after_s": seconds, "cached_at_kill": cached_answers(cache)}
             print(f"  {label} {name}: SIGKILL after {seconds:.0f} s, {row['cached_at_kill']} answers cached")
-        seconds, status, usage = run_stage(cmd, workdir, env, log)
+            log.rename(log.with_suffix(".killed.log"))
+            seconds, status, usage, _ = run_stage(cmd, workdir, env, log)
         if status != 0:
             sys.exit(f"{label}: {name} failed; see {log}")
         metrics_path = next(

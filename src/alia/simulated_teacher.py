@@ -72,6 +72,15 @@ SENTENCES = [
     "Maintenance planners use {a} trends to schedule work on the {c} before {b} occurs.",
     "Operating conditions such as load and speed must be recorded when {a} is measured.",
 ]  # fmt: skip
+# questions about an entity, another entity and a component: few repeat across thousands of documents
+QUESTIONS = [
+    "How is {a} detected on {asset}?",
+    "Which measurement shows {b} in the {c} of {asset} first?",
+    "Why does {a} change when {b} develops in the {c}?",
+    "What does a rise in {a} say about the {c} of {asset}?",
+    "When should the {c} be inspected for {b}?",
+    "How do {a} and {b} relate on {asset}?",
+]
 WORDS_PER_TOKEN = 0.75  # a tokenizer's rough ratio for English prose
 
 
@@ -136,6 +145,12 @@ def _passage(rng: random.Random, text: str, max_tokens: int) -> str:
     return " ".join(words[: int(max_tokens * WORDS_PER_TOKEN)])
 
 
+def _question(rng: random.Random, entity: str, asset: str) -> str:
+    return rng.choice(QUESTIONS).format(
+        a=entity, b=rng.choice(FAILURE_MODES + ENTITIES), c=rng.choice(COMPONENTS), asset=asset
+    )
+
+
 def answer_text(messages: list[dict], max_tokens: int, rng: random.Random, malformed: bool = False) -> str:
     """The answer to a conversation, in the format its last user message asks for."""
     ask = messages[-1]["content"] if messages else ""
@@ -155,7 +170,7 @@ def answer_text(messages: list[dict], max_tokens: int, rng: random.Random, malfo
         if '"qa"' in ask:
             at_least = int(m.group(1)) if (m := re.search(r"at least (\d+)", ask)) else 3
             body = {"summary": summary, "qa": [
-                {"question": f"How is {e} detected on {_asset(ask)}?", "answer": _passage(rng, e, 40)}
+                {"question": _question(rng, e, _asset(ask)), "answer": _passage(rng, e, 40)}
                 for e in rng.sample(ENTITIES, rng.randint(at_least, at_least + 2))
             ]}  # fmt: skip
         else:  # the upper half of the prompt's "3 to 10", as a large teacher lists for 300 tokens:
