@@ -13,6 +13,7 @@ import json
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,17 +28,18 @@ def peak_rss_mb() -> int:
 
 def prepare(corpus: Path, variant: str, fraction: float) -> dict:
     """In this process: the examples of `variant`'s corpus (its first `fraction`), tokenised and packed."""
+    import pyarrow.compute as pc
     import torch
-    from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
     from alia.corpora import read_corpus
-    from alia.student import training_examples
+    from alia.student import sft_dataset, training_examples
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())["train_student"]
     config = params["variants"][variant]
+    work_dir = Path(tempfile.mkdtemp(prefix="alia-student-data-"))
     frame = read_corpus(corpus / config["corpus"])
     frame = frame.head(round(len(frame) * fraction))
     start = time.perf_counter()
@@ -46,16 +48,17 @@ def prepare(corpus: Path, variant: str, fraction: float) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16)
     args = SFTConfig(
-        **params["sft"], output_dir="/tmp/alia-student-data", use_cpu=True,
+        **params["sft"], output_dir=str(work_dir), use_cpu=True,
         packing=config["format"] == "text", report_to=[],
     )  # fmt: skip
     trainer = SFTTrainer(
-        model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=tokenizer,
+        model=model, args=args, train_dataset=sft_dataset(examples, work_dir), processing_class=tokenizer,
         peft_config=LoraConfig(**params["lora"], task_type="CAUSAL_LM"),
     )  # fmt: skip
     seconds = time.perf_counter() - start
     data = trainer.train_dataset
-    tokens = sum(len(ids) for ids in data["input_ids"])
+    # counted in Arrow: the column as Python lists would cost more memory than the preparation
+    tokens = pc.sum(pc.list_value_length(data.data.column("input_ids"))).as_py()
     return {
         "variant": variant, "fraction": fraction, "documents": len(frame), **counts,
         "rows": len(data), "tokens": tokens, "seconds": round(seconds, 1),

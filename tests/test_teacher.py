@@ -43,6 +43,24 @@ def test_answers_in_order_with_token_counts(server, tmp_path):
     assert teacher.metrics()["calls"] == 2 and teacher.metrics()["prompt_tokens"] == 3
 
 
+def test_rows_asked_in_chunks_come_back_in_order_under_one_progress_bar(server, tmp_path, capsys):
+    import pandas as pd
+
+    from alia.generation import ask_rows_in_chunks
+    from alia.prompts import load_prompt
+
+    items = pd.DataFrame({"document": [f"passage {i}" for i in range(7)], "style": "toddler"})
+    with Teacher(config(server), tmp_path / "cache.sqlite") as teacher:
+        chunks = list(ask_rows_in_chunks(teacher, load_prompt("kd_rephrase_toddler"), items, "rephrase", 3))
+    assert [len(chunk) for chunk, _ in chunks] == [3, 3, 1]
+    answers = pd.concat([chunk for chunk, _ in chunks], ignore_index=True)
+    assert answers["document"].tolist() == items["document"].tolist()
+    assert all(text.endswith(doc) for text, doc in zip(answers["text"], items["document"], strict=True))
+    assert teacher.metrics()["calls"] == 7
+    bars = capsys.readouterr().err
+    assert bars.count(" 0/7 ") == 1 and "/3 " not in bars  # one bar for the stage, not one per chunk
+
+
 def test_retries_then_success(server, tmp_path):
     with Teacher(config(server), tmp_path / "cache.sqlite") as teacher:
         answers = teacher.ask([user("[500x2] motor"), user("[429x1] valve"), user("pump")])
