@@ -277,13 +277,14 @@ def test_kd_chain_and_a_rephrase_prompt_edit_reruns_only_that_style(project):
     git("checkout", "--", "prompts", cwd=project)
 
 
-def _cached_answers(cache: Path) -> int:
+def _cached_answers(cache: Path, model: str) -> int:
+    """Answers of `model` in a response cache (earlier tests left other models' answers there)."""
     import sqlite3
 
     if not cache.exists():
         return 0
     with sqlite3.connect(f"file:{cache}?mode=ro", uri=True, timeout=10) as db:
-        return db.execute("SELECT count(*) FROM responses").fetchone()[0]
+        return db.execute("SELECT count(*) FROM responses WHERE model = ?", (model,)).fetchone()[0]
 
 
 @pytest.mark.slow
@@ -311,17 +312,19 @@ def test_sigkill_in_kd_extend_then_repro_repeats_no_answered_request(project):
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         deadline = time.monotonic() + 120
-        while dvc.poll() is None and _cached_answers(cache) < 150 and time.monotonic() < deadline:
+        while (
+            dvc.poll() is None and _cached_answers(cache, "simulated") < 150 and time.monotonic() < deadline
+        ):
             time.sleep(0.05)
         os.killpg(dvc.pid, signal.SIGKILL)  # dvc and the stage it runs
         dvc.wait()
-        before = _cached_answers(cache)
+        before = _cached_answers(cache, "simulated")
         assert before >= 150, "the stage must be killed after 150 answers"
 
         out = run(["dvc", "repro", "kd_extend"], project)
         assert "Running stage 'kd_extend'" in out
         metrics = yaml.safe_load((project / "metrics" / "kd_extend.json").read_text())
-        after = _cached_answers(cache)
+        after = _cached_answers(cache, "simulated")
         assert before < after, "the stage must be killed before its last answer"
         # the re-run asks for exactly what the cache lacks; at most the 4 requests in flight at the
         # kill (answered by the server, never received) were answered twice
