@@ -11,6 +11,7 @@ from alia.embedder import (
     BalancedBatchSampler,
     bm25_metrics,
     embedder_metrics,
+    hard_negatives,
     ranking_metrics,
     retrieval_data,
     train_embedder,
@@ -92,7 +93,30 @@ def test_training_pairs(tasks):
     assert list(mnrl.columns) == ["anchor", "positive"] and len(mnrl) == positives
 
 
-@pytest.mark.parametrize("loss", ["contrastive", "mnrl"])
+def test_mined_negatives_are_hard_and_never_relevant(tasks):
+    model = SentenceTransformer(str(MINILM))
+    train = tasks[(tasks["split"] == "train") & tasks["task"].isin(["FM2S", "S2FM", "A2S"])]
+    mined = hard_negatives(train, model, negatives_per_query=4, relative_margin=0.05)
+    assert set(mined) == set(train["query_id"]) and sum(map(len, mined.values())) > 3 * len(train)
+    for query in train.itertuples():
+        assert len(mined[query.query_id]) <= 4
+        assert not set(mined[query.query_id]) & set(query.relevant)  # never a relevant item
+        assert set(mined[query.query_id]) <= set(query.candidates)
+    # the margin: each negative scores at most (1 - 0.05) x the query's best positive
+    for query in train.itertuples():
+        if mined[query.query_id]:
+            q = model.encode([query.query])
+            best = float(model.similarity(q, model.encode(list(query.relevant))).max())
+            worst = float(model.similarity(q, model.encode(mined[query.query_id])).max())
+            assert worst <= 0.95 * best + 1e-5
+    hard = training_pairs(train, "contrastive", 4, seed=0, mined=mined)
+    assert set(hard.loc[hard["label"] == 0, "sentence2"]) <= {n for ns in mined.values() for n in ns}
+    triplets = training_pairs(train, "gist", 4, seed=0, mined=mined)
+    assert list(triplets.columns) == ["anchor", "positive", "negative"]
+    assert len(triplets) == sum(len(r) for r in train["relevant"])
+
+
+@pytest.mark.parametrize("loss", ["contrastive", "mnrl", "cached_mnrl", "gist"])
 def test_the_fine_tuned_model_reloads(tasks, tmp_path, loss):
     small = tasks[tasks["task"].isin(["E2CAT", "FM2CLS"])]
     training = {"num_train_epochs": 1, "per_device_train_batch_size": 8, "learning_rate": 1e-4}

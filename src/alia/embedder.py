@@ -18,15 +18,28 @@ import pandas as pd
 import torch
 from sentence_transformers.base.sampler import DefaultBatchSampler
 
-LOSSES = ("contrastive", "mnrl")
+# contrastive: labelled pairs, no in-batch negatives; the others rank a query's positive above the
+# batch's other items (mnrl; cached_mnrl, the same with large batches in small memory; gist, which
+# skips in-batch items that the pretrained model, its guide, scores above the positive)
+LOSSES = ("contrastive", "mnrl", "cached_mnrl", "gist")
+NEGATIVES = ("random", "hard")  # a contrastive query's negatives: sampled, or mined with the model
 METRICS = {"hit@1": "accuracy@1", "map@100": "map@100", "ndcg@10": "ndcg@10"}  # ours -> the evaluator's key
 
 
 # --- training data -----------------------------------------------------------------------------
 
 
-def training_pairs(tasks: pd.DataFrame, loss: str, negatives_per_query: int, seed: int) -> pd.DataFrame:
-    """The train split as pairs: (query, item, label 1/0) for `contrastive`, (anchor, positive) for `mnrl`."""
+def training_pairs(
+    tasks: pd.DataFrame,
+    loss: str,
+    negatives_per_query: int,
+    seed: int,
+    mined: dict[str, list[str]] | None = None,
+) -> pd.DataFrame:
+    """The train split as pairs: (query, item, label 1/0) for `contrastive`, (anchor, positive) for
+    the in-batch losses. Negatives are `negatives_per_query` of a query's other candidates: sampled,
+    or the first of `mined[query_id]` (hard_negatives); an in-batch loss gets one mined negative per
+    pair as a third column."""
     if loss not in LOSSES:
         raise ValueError(f"loss {loss!r}: expected one of {LOSSES}")
     rng = np.random.default_rng(seed)
@@ -34,14 +47,63 @@ def training_pairs(tasks: pd.DataFrame, loss: str, negatives_per_query: int, see
     for query in tasks[tasks["split"] == "train"].itertuples():
         relevant = list(query.relevant)
         relevant_set = set(relevant)
-        if loss == "mnrl":
-            rows += [{"anchor": query.query, "positive": item} for item in relevant]
+        if loss != "contrastive":
+            pairs = [{"anchor": query.query, "positive": item} for item in relevant]
+            if mined is not None:  # a query the miner found nothing for gets a sampled negative
+                others = [c for c in query.candidates if c not in relevant_set]
+                hard = mined.get(query.query_id) or [others[rng.integers(len(others))]]
+                pairs = [pair | {"negative": hard[i % len(hard)]} for i, pair in enumerate(pairs)]
+            rows += pairs
             continue
         rows += [{"sentence1": query.query, "sentence2": item, "label": 1.0} for item in relevant]
-        others = [c for c in query.candidates if c not in relevant_set]
-        for j in rng.choice(len(others), min(negatives_per_query, len(others)), replace=False):
-            rows.append({"sentence1": query.query, "sentence2": others[j], "label": 0.0})
+        if mined is not None:
+            negatives = mined.get(query.query_id, [])[:negatives_per_query]
+        else:
+            others = [c for c in query.candidates if c not in relevant_set]
+            picked = rng.choice(len(others), min(negatives_per_query, len(others)), replace=False)
+            negatives = [others[j] for j in picked]
+        rows += [{"sentence1": query.query, "sentence2": item, "label": 0.0} for item in negatives]
     return pd.DataFrame(rows)
+
+
+def hard_negatives(
+    tasks: pd.DataFrame, model: Any, negatives_per_query: int, relative_margin: float
+) -> dict[str, list[str]]:
+    """Per train query id, its hardest negatives, hardest first: sentence-transformers'
+    mine_hard_negatives over each task's candidates, a negative scoring at most (1 - relative_margin)
+    x the positive's score. Never an item relevant for the query, never one outside its candidates:
+    both are dropped here whatever the miner returns."""
+    from datasets import Dataset
+    from sentence_transformers.util import mine_hard_negatives
+
+    mined: dict[str, list[str]] = {}
+    train = tasks[tasks["split"] == "train"]
+    for _, group in train.groupby("task", sort=False):
+        pairs = [(q.query, item) for q in group.itertuples() for item in q.relevant]
+        pool = sorted({c for cs in group["candidates"] for c in cs})
+        triplets = mine_hard_negatives(
+            Dataset.from_dict({"anchor": [a for a, _ in pairs], "positive": [p for _, p in pairs]}),
+            model,
+            corpus=pool,
+            num_negatives=negatives_per_query,
+            relative_margin=relative_margin,
+            sampling_strategy="top",
+            output_format="triplet",
+            output_scores=True,
+            verbose=False,
+        )
+        # a query with several positives has negatives mined against each: the hardest of them all
+        by_query: dict[str, dict[str, float]] = {}
+        for anchor, negative, scores in zip(
+            triplets["anchor"], triplets["negative"], triplets["scores"], strict=True
+        ):
+            by_query.setdefault(anchor, {})[negative] = scores[1]
+        for q in group.itertuples():
+            allowed = set(q.candidates) - set(q.relevant)
+            scored = by_query.get(q.query, {})
+            found = sorted((n for n in scored if n in allowed), key=lambda n: (-scored[n], n))
+            mined[q.query_id] = found[:negatives_per_query]
+    return mined
 
 
 class BalancedBatchSampler(DefaultBatchSampler):
@@ -210,13 +272,26 @@ def train_embedder(
         from peft import LoraConfig
 
         model.add_adapter(LoraConfig(**params["lora"], task_type="FEATURE_EXTRACTION"))
-    pairs = training_pairs(tasks, params["loss"], params["negatives_per_query"], training["seed"])
+    negatives = params.get("negatives", "random")
+    if negatives not in NEGATIVES:
+        raise ValueError(f"train_embedder.negatives {negatives!r}: expected one of {NEGATIVES}")
+    mined = None
+    if negatives == "hard":  # mined with the model as it starts, before any training step
+        mined = hard_negatives(tasks, model, params["negatives_per_query"], params["relative_margin"])
+    pairs = training_pairs(tasks, params["loss"], params["negatives_per_query"], training["seed"], mined)
+    sampler = BatchSamplers.NO_DUPLICATES  # an in-batch negative must not be another positive
     if params["loss"] == "contrastive":
         loss = losses.ContrastiveLoss(model, margin=params["margin"])
         sampler = partial(BalancedBatchSampler, pos_ratio=params["pos_ratio"])
-    else:
+    elif params["loss"] == "mnrl":
         loss = losses.MultipleNegativesRankingLoss(model)
-        sampler = BatchSamplers.NO_DUPLICATES  # an in-batch negative must not be another positive
+    elif params["loss"] == "cached_mnrl":
+        loss = losses.CachedMultipleNegativesRankingLoss(
+            model, mini_batch_size=params.get("mini_batch_size", 32)
+        )
+    else:  # gist: the pretrained model, frozen, guides which in-batch items count as negatives
+        guide = SentenceTransformer(str(base_model), device=model.device)
+        loss = losses.GISTEmbedLoss(model, guide=guide)
     args = SentenceTransformerTrainingArguments(
         **training,
         output_dir=str(Path(out_dir).parent / f".{Path(out_dir).name}-checkpoints"),
