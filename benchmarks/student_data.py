@@ -29,31 +29,20 @@ def peak_rss_mb() -> int:
 def prepare(corpus: Path, variant: str, fraction: float) -> dict:
     """In this process: the examples of `variant`'s corpus (its first `fraction`), tokenised and packed."""
     import pyarrow.compute as pc
-    import torch
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
 
     from alia.corpora import read_corpus
-    from alia.student import sft_dataset, training_examples
+    from alia.student import sft_trainer, training_examples
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())["train_student"]
     config = params["variants"][variant]
-    work_dir = Path(tempfile.mkdtemp(prefix="alia-student-data-"))
     frame = read_corpus(corpus / config["corpus"])
     frame = frame.head(round(len(frame) * fraction))
     start = time.perf_counter()
     examples, counts = training_examples(frame, config["format"], params["replay_fraction"], None, 0)
-    base = REPO / "models/pretrained" / config["student"]
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16)
-    args = SFTConfig(
-        **params["sft"], output_dir=str(work_dir), use_cpu=True,
-        packing=config["format"] == "text", report_to=[],
-    )  # fmt: skip
-    trainer = SFTTrainer(
-        model=model, args=args, train_dataset=sft_dataset(examples, work_dir), processing_class=tokenizer,
-        peft_config=LoraConfig(**params["lora"], task_type="CAUSAL_LM"),
+    # train_student's own trainer, built and never trained
+    trainer = sft_trainer(
+        REPO / "models/pretrained" / config["student"], examples, config["format"],
+        tempfile.mkdtemp(prefix="alia-student-data-"), params["lora"], params["sft"], params["dtype"],
     )  # fmt: skip
     seconds = time.perf_counter() - start
     data = trainer.train_dataset

@@ -22,7 +22,7 @@ from sentence_transformers.base.sampler import DefaultBatchSampler
 # batch's other items (mnrl; cached_mnrl, the same with large batches in small memory; gist, which
 # skips in-batch items that the pretrained model, its guide, scores above the positive)
 LOSSES = ("contrastive", "mnrl", "cached_mnrl", "gist")
-NEGATIVES = ("random", "hard")  # a contrastive query's negatives: sampled, or mined with the model
+NEGATIVES = ("random", "hard")  # a query's negatives: sampled, or mined with the pretrained model
 METRICS = {"hit@1": "accuracy@1", "map@100": "map@100", "ndcg@10": "ndcg@10"}  # ours -> the evaluator's key
 
 

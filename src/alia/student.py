@@ -184,6 +184,50 @@ def sft_dataset(examples: list[dict], work_dir: str | Path) -> Any:
         return Dataset.from_parquet(str(source), cache_dir=str(work_dir / "datasets"))
 
 
+def sft_trainer(
+    base_model: str | Path,
+    examples: list[dict],
+    fmt: str,
+    checkpoint_dir: str | Path,
+    lora: dict[str, Any],
+    sft: dict[str, Any],
+    dtype: str = "bfloat16",
+    report_to: list[str] | None = None,
+    callbacks: list | None = None,
+) -> Any:
+    """TRL's SFTTrainer for a LoRA adapter on `examples`, checkpointing to `checkpoint_dir`. Building it
+    tokenises and packs the dataset (under checkpoint_dir/data): benchmarks/student_data.py measures
+    exactly this."""
+    import torch
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    checkpoint_dir = Path(checkpoint_dir)
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=getattr(torch, dtype))
+    args = SFTConfig(
+        **sft,
+        output_dir=str(checkpoint_dir),
+        use_cpu=not torch.cuda.is_available(),
+        packing=fmt == "text",  # plain documents are packed into max_length blocks; QA records are not
+        logging_steps=1,
+        save_strategy="steps",
+        report_to=report_to or [],
+        disable_tqdm=False,
+    )
+    return SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=sft_dataset(examples, checkpoint_dir / "data"),
+        processing_class=tokenizer,
+        peft_config=LoraConfig(**lora, task_type="CAUSAL_LM"),
+        callbacks=callbacks,
+    )
+
+
 def train_adapter(
     base_model: str | Path,
     examples: list[dict],
@@ -202,39 +246,14 @@ def train_adapter(
     train_student.lora and .sft); `dtype` is the frozen base weights'. Returns the step losses and run
     figures.
     """
-    import torch
     from accelerate import PartialState
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
 
     checkpoint_dir = Path(checkpoint_dir)
     with PartialState().main_process_first():  # one process clears stale checkpoints, then all read
         resume = last_checkpoint(
             checkpoint_dir, fingerprint(str(base_model), examples, fmt, lora, sft, dtype)
         )
-    tokenizer = AutoTokenizer.from_pretrained(base_model)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=getattr(torch, dtype))
-    args = SFTConfig(
-        **sft,
-        output_dir=str(checkpoint_dir),
-        use_cpu=not torch.cuda.is_available(),
-        packing=fmt == "text",  # plain documents are packed into max_length blocks; QA records are not
-        logging_steps=1,
-        save_strategy="steps",
-        report_to=report_to or [],
-        disable_tqdm=False,
-    )
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=sft_dataset(examples, checkpoint_dir / "data"),
-        processing_class=tokenizer,
-        peft_config=LoraConfig(**lora, task_type="CAUSAL_LM"),
-        callbacks=callbacks,
-    )
+    trainer = sft_trainer(base_model, examples, fmt, checkpoint_dir, lora, sft, dtype, report_to, callbacks)
     result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(str(out_dir))  # the adapter (and tokenizer) only: PeftModel.from_pretrained loads it
     if trainer.is_world_process_zero():
