@@ -10,7 +10,7 @@ STAMP := $(VENV)/.alia-installed
 # Stage commands call `python`, `dvc` calls git: both must come from the virtualenv.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install repro test test-fast lint
+.PHONY: install repro test test-fast lint sweeps
 
 install: $(STAMP)
 
@@ -36,3 +36,16 @@ test-fast: install
 lint: install
 	ruff check src stages tests benchmarks
 	ruff format --check src stages tests benchmarks
+
+# The embedder's three sweeps (docs/embedder.md), queued as DVC experiments up to eval_embedder and
+# scored on the validation split; the teacher answers from its cache. The default settings are one
+# point of each sweep (loss=contrastive), so pos_ratio 0.5 and augment_p 0.5 are not queued twice.
+# PYTHONPATH=src: a queued experiment runs in a copy of the repository, and must import that copy's
+# alia, not the editable install's. `alia exp sweeps` then collects the plots.
+SWEEP := dvc exp run --queue eval_embedder -S eval_embedder.split=validation
+sweeps: install
+	$(SWEEP) -S 'train_embedder.loss=contrastive,mnrl,cached_mnrl,gist'
+	$(SWEEP) -S train_embedder.negatives=hard
+	$(SWEEP) -S 'train_embedder.pos_ratio=0,0.125,0.25,0.375,0.625,0.75,0.875,1'
+	$(SWEEP) -S 'embed_tasks.augment_p=0,0.2,0.4,0.6,0.8,1'
+	PYTHONPATH=src dvc queue start

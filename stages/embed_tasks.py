@@ -36,7 +36,8 @@ rows = task_rows(read_table("fm_sensor_matrix", tables_dir), load_taxonomy(taxon
 rows = add_instructions(assign_splits(rows, tuple(params["split"]), params["seed"]), params["seed"])
 with stage_teacher(params.get("teacher"), cache) as teacher:
     entities = describe_entities(rows, descriptions_dir, teacher, load_prompt("entity_description"))
-rows = finish(augment(rows, description_lookup(entities), params["augment_p"], params["seed"]))
+descriptions = description_lookup(entities)
+rows = finish(augment(rows, descriptions, params["augment_p"], params["seed"], params["eval_augment_p"]))
 
 tasks_file.parent.mkdir(parents=True, exist_ok=True)
 pq.write_table(to_table(rows), tasks_file)

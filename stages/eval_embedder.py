@@ -1,7 +1,9 @@
-"""Stage eval_embedder: per task HIT@1, MAP@100 and NDCG@10 on the test split for the pretrained
-embedder, the fine-tuned one and BM25, as JSON metrics, a Markdown table and a DVC plot.
+"""Stage eval_embedder: per task HIT@1, MAP@100 and NDCG@10 on one split (the test split by default)
+for the pretrained embedder, the fine-tuned one of every seed (mean and 95% interval over seeds, and
+the same for its difference to the pretrained model and to BM25) and BM25, as JSON metrics, a
+Markdown table and a DVC plot.
 
-python stages/eval_embedder.py <pretrained_dir> <finetuned_dir> <tasks.parquet> <metrics.json> <table.md>
+python stages/eval_embedder.py <pretrained_dir> <seeds_dir> <tasks.parquet> <metrics.json> <table.md>
     <plot.json>
 """
 
@@ -11,27 +13,40 @@ from pathlib import Path
 import pandas as pd
 from sentence_transformers import SentenceTransformer
 
-from alia.embedder import bm25_metrics, embedder_metrics, macro_average, results_table
+from alia.embedder import bm25_metrics, embedder_metrics, macro_average, over_seeds, results_table
 from alia.params import load_params
 from alia.tracking import finish_stage
 
-pretrained_dir, finetuned_dir, tasks_file, metrics_file, table_file, plot_file = map(Path, sys.argv[1:7])
+pretrained_dir, seeds_dir, tasks_file, metrics_file, table_file, plot_file = map(Path, sys.argv[1:7])
 params = load_params("eval_embedder")
+seeds = load_params("train_embedder")["seeds"]
 tasks = pd.read_parquet(tasks_file)
-
 split, batch_size = params["split"], params["batch_size"]
-results = {
-    "pretrained": embedder_metrics(SentenceTransformer(str(pretrained_dir)), tasks, split, batch_size),
-    "finetuned": embedder_metrics(SentenceTransformer(str(finetuned_dir)), tasks, split, batch_size),
-    "bm25": bm25_metrics(tasks, split),
-}
-metrics = {system: {"macro": macro_average(by_task), **by_task} for system, by_task in results.items()}
 
-table_file.write_text(results_table(metrics, split))
+
+def scored(model_dir: Path) -> dict[str, dict]:
+    by_task = embedder_metrics(SentenceTransformer(str(model_dir)), tasks, split, batch_size)
+    return {"macro": macro_average(by_task), **by_task}
+
+
+bm25 = bm25_metrics(tasks, split)
+pretrained, bm25 = scored(pretrained_dir), {"macro": macro_average(bm25), **bm25}
+per_seed = [scored(seeds_dir / f"seed-{seed}") for seed in seeds]
+metrics = {
+    "split": split,
+    "seeds": len(seeds),
+    "pretrained": pretrained,
+    "finetuned": over_seeds(per_seed),
+    "bm25": bm25,
+    "finetuned_minus_pretrained": over_seeds(per_seed, pretrained),
+    "finetuned_minus_bm25": over_seeds(per_seed, bm25),
+}
+
+table_file.write_text(results_table(metrics, split, len(seeds)))
 print(table_file.read_text())
 plot_rows = [
     {"task": f"{task} {system}", "ndcg@10": metrics[system][task]["ndcg@10"]}
-    for system in results
+    for system in ("pretrained", "finetuned", "bm25")
     for task in metrics[system]
 ]
 finish_stage("eval_embedder", metrics, metrics_file, params, plots={plot_file: plot_rows})

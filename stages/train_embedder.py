@@ -1,23 +1,43 @@
-"""Stage train_embedder: contrastive fine-tuning of the embedder on the train split of the tasks.
+"""Stage train_embedder: fine-tune the embedder once per seed on the train split, each keeping its best
+checkpoint on the validation split; serve the seed with the best validation score.
 
-python stages/train_embedder.py <pretrained_dir> <tasks.parquet> <out_dir> <metrics.json> <plot.json>
+python stages/train_embedder.py <pretrained_dir> <tasks.parquet> <out_dir> <seeds_dir> <metrics.json>
+    <plot.json>
 """
 
+import shutil
 import sys
 from pathlib import Path
 
+import mlflow
 import pandas as pd
 
 from alia.embedder import train_embedder
 from alia.params import load_params
 from alia.tracking import finish_stage, start_run
 
-pretrained_dir, tasks_file, out_dir, metrics_file, plot_file = map(Path, sys.argv[1:6])
+pretrained_dir, tasks_file, out_dir, seeds_dir, metrics_file, plot_file = map(Path, sys.argv[1:7])
 params = load_params("train_embedder")
 tasks = pd.read_parquet(tasks_file)
+tasks = tasks[tasks["split"] != "test"]  # the test split is eval_embedder's, read once
 
+results = {}
 # under their section's name: the Trainer's MLflow callback logs its own learning_rate, seed, ...
 with start_run("train_embedder", {"train_embedder": params}):
-    result = train_embedder(pretrained_dir, tasks, out_dir, params, report_to=["mlflow"])
-    metrics = {k: v for k, v in result.items() if k != "losses"}
-    finish_stage("train_embedder", metrics, metrics_file, plots={plot_file: result["losses"]})
+    for seed in params["seeds"]:
+        seed_params = params | {"training": params["training"] | {"seed": seed}}
+        with mlflow.start_run(run_name=f"seed-{seed}", nested=True):
+            results[seed] = train_embedder(
+                pretrained_dir, tasks, seeds_dir / f"seed-{seed}", seed_params, report_to=["mlflow"]
+            )
+    served = max(results, key=lambda seed: results[seed]["validation_ndcg@10"] or 0.0)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    shutil.copytree(seeds_dir / f"seed-{served}", out_dir)
+    metrics = {
+        "served_seed": served,
+        **{
+            f"seed-{seed}": {k: v for k, v in r.items() if k not in ("losses", "validation")}
+            for seed, r in results.items()
+        },
+    }
+    finish_stage("train_embedder", metrics, metrics_file, plots={plot_file: results[served]["losses"]})

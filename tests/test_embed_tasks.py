@@ -78,6 +78,21 @@ def test_augmentation_rate_and_content(rows):
         augment(rows, descriptions, 1.5, 1)
 
 
+def test_augment_p_changes_train_queries_only(rows):
+    """The augmentation sweep scores every augment_p on the same validation and test queries."""
+    entities = query_entities(rows)
+    descriptions = description_lookup(entities.assign(description="About " + entities["entity"] + "."))
+    runs = [augment(rows, descriptions, p, seed=1, eval_augment_p=0.5) for p in (0.0, 0.4, 1.0)]
+    held_out = rows["split"] != "train"
+    for run in runs[1:]:
+        assert run.loc[held_out, "query"].equals(runs[0].loc[held_out, "query"])
+    assert 0.3 < runs[0].loc[held_out, "augmented"].mean() < 0.7
+    train = ~held_out
+    assert not runs[0].loc[train, "augmented"].any() and runs[2].loc[train, "augmented"].all()
+    # augment_p = eval_augment_p draws exactly as one probability for all splits
+    assert augment(rows, descriptions, 0.5, 1, 0.5).equals(augment(rows, descriptions, 0.5, 1))
+
+
 def test_instructions_vary_within_a_task(rows):
     for task, group in rows.groupby("task"):
         assert set(group["instruction"]) <= set(INSTRUCTIONS[task])

@@ -12,10 +12,12 @@ from alia.embedder import (
     bm25_metrics,
     embedder_metrics,
     hard_negatives,
+    over_seeds,
     ranking_metrics,
     retrieval_data,
     train_embedder,
     training_pairs,
+    validation_evaluator,
 )
 from alia.models import package_dir
 
@@ -118,7 +120,7 @@ def test_mined_negatives_are_hard_and_never_relevant(tasks):
 
 @pytest.mark.parametrize("loss", ["contrastive", "mnrl", "cached_mnrl", "gist"])
 def test_the_fine_tuned_model_reloads(tasks, tmp_path, loss):
-    small = tasks[tasks["task"].isin(["E2CAT", "FM2CLS"])]
+    small = tasks[tasks["task"].isin(["E2CAT", "FM2CLS"]) & (tasks["split"] == "train")]
     training = {"num_train_epochs": 1, "per_device_train_batch_size": 8, "learning_rate": 1e-4}
     params = {"loss": loss, "pos_ratio": 0.5, "negatives_per_query": 2, "margin": 0.5}
     params["training"] = training | {"warmup_steps": 0, "seed": 0}
@@ -134,7 +136,7 @@ def test_the_fine_tuned_model_reloads(tasks, tmp_path, loss):
 
 
 def test_a_decoder_embedder_trains_a_lora_adapter_with_last_token_pooling(tiny_lm, tasks, tmp_path):
-    small = tasks[tasks["task"] == "E2CAT"]
+    small = tasks[(tasks["task"] == "E2CAT") & (tasks["split"] != "test")]
     lora = {"r": 4, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
     training = {"num_train_epochs": 1, "per_device_train_batch_size": 4, "learning_rate": 1e-3}
     params = {"loss": "mnrl", "negatives_per_query": 0, "lora": lora}
@@ -147,3 +149,83 @@ def test_a_decoder_embedder_trains_a_lora_adapter_with_last_token_pooling(tiny_l
     reloaded = SentenceTransformer(str(saved))
     assert reloaded[1].pooling_mode == "lasttoken"
     assert reloaded.encode(["Which sensors detect bearing wear?"]).shape == (1, 32)
+
+
+SMALL_TRAINING = {
+    "num_train_epochs": 1,
+    "per_device_train_batch_size": 8,
+    "learning_rate": 1e-4,
+    "warmup_steps": 0,
+}
+SELECTION = {  # params.yaml's checkpoint selection, every other step
+    "eval_strategy": "steps",
+    "eval_steps": 2,
+    "save_strategy": "steps",
+    "save_steps": 2,
+    "save_total_limit": 2,
+    "load_best_model_at_end": True,
+    "metric_for_best_model": "sequential_score",
+}
+
+
+def small_params(seed: int, **training) -> dict:
+    params = {"loss": "contrastive", "pos_ratio": 0.5, "negatives_per_query": 2, "margin": 0.5}
+    return params | {"training": SMALL_TRAINING | {"seed": seed} | training}
+
+
+def test_training_refuses_the_test_split(tasks, tmp_path):
+    with pytest.raises(ValueError, match="test-split queries"):
+        train_embedder(MINILM, tasks, tmp_path / "embedder", small_params(0))
+
+
+def test_checkpoints_are_chosen_on_the_validation_split_only(tasks, tmp_path):
+    small = tasks[tasks["task"].isin(["E2CAT", "FM2CLS", "C2FM"]) & (tasks["split"] != "test")]
+    evaluator = validation_evaluator(small)
+    asked = {q for e in evaluator.evaluators for q in e.queries_ids}
+    assert asked == set(small.loc[small["split"] == "validation", "query_id"])
+    result = train_embedder(MINILM, small, tmp_path / "embedder", small_params(0, **SELECTION))
+    scores = {row["step"]: row["ndcg@10"] for row in result["validation"]}
+    assert len(scores) >= 3  # steps 2, 4, ... and the last
+    assert result["validation_ndcg@10"] == max(scores.values()) and scores[result["best_step"]] == max(
+        scores.values()
+    )
+    # the saved model is the chosen checkpoint: scoring it again on validation gives its score
+    saved = validation_evaluator(small)(SentenceTransformer(str(tmp_path / "embedder")))
+    assert saved["sequential_score"] == pytest.approx(result["validation_ndcg@10"], abs=1e-4)
+
+
+def test_seeds_change_the_run_and_the_same_seed_reproduces_it(tasks, tmp_path):
+    small = tasks[tasks["task"].isin(["E2CAT", "FM2CLS"]) & (tasks["split"] == "train")]
+    sentences = ["Which sensors detect bearing wear in a pump?", "Retrieve the equipment classes of Drilling"]
+    encoded = {}
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        result = train_embedder(MINILM, small, tmp_path / name, small_params(seed))
+        encoded[name] = (SentenceTransformer(str(tmp_path / name)).encode(sentences), result["losses"])
+    assert np.array_equal(encoded["a"][0], encoded["b"][0]) and encoded["a"][1] == encoded["b"][1]
+    assert not np.allclose(encoded["a"][0], encoded["c"][0], atol=1e-4)
+    assert encoded["a"][1] != encoded["c"][1]  # other pairs (sampled negatives), in another order
+
+
+def test_mean_and_interval_over_seeds():
+    per_seed = [
+        {
+            "macro": {"hit@1": h, "map@100": 0.5, "ndcg@10": 0.5},
+            "A2S": {"hit@1": h, "map@100": m, "ndcg@10": 0.4, "queries": 2},
+        }
+        for h, m in ((0.5, 0.2), (0.6, 0.3), (0.7, 0.4))
+    ]
+    summary = over_seeds(per_seed)
+    # mean 0.6, sd 0.1, t(0.975, 2) = 4.3027: half-width 4.3027 x 0.1 / sqrt(3)
+    assert summary["macro"]["hit@1"] == 0.6 and summary["macro"]["hit@1_ci95"] == pytest.approx(
+        0.2484, abs=1e-4
+    )
+    assert summary["macro"]["map@100_ci95"] == 0 and summary["A2S"]["queries"] == 2
+    baseline = {
+        "macro": {"hit@1": 0.4, "map@100": 0.6, "ndcg@10": 0.5},
+        "A2S": {"hit@1": 0.6, "map@100": 0.3, "ndcg@10": 0.4},
+    }
+    gain = over_seeds(per_seed, baseline)
+    assert (
+        gain["macro"]["hit@1"] == 0.2 and gain["macro"]["map@100"] == -0.1 and gain["A2S"]["map@100"] == 0.0
+    )
+    assert gain["macro"]["hit@1_ci95"] == summary["macro"]["hit@1_ci95"]

@@ -450,6 +450,7 @@ def test_embedder_and_agent_stages(project):
     params = yaml.safe_load(original)
     params["train_embedder"]["loss"] = "mnrl"
     params["train_embedder"]["training"]["per_device_train_batch_size"] = 64
+    params["train_embedder"]["seeds"] = [3, 4]
     params["eval_agent"] |= {"questions_per_kind": 1}
     with FakeOpenAI(agent_and_description_answer) as server:
         params["teacher"] |= {"base_url": server.base_url, "model": "fake-model", "api_key_env": None}
@@ -468,14 +469,24 @@ def test_embedder_and_agent_stages(project):
 
     trained = yaml.safe_load((project / "metrics" / "train_embedder.json").read_text())
     assert trained["pairs"] == tasks.loc[tasks["split"] == "train", "relevant"].map(len).sum()
-    assert (project / "models" / "embedder" / "modules.json").exists()
+    # one model per seed, each its best checkpoint on validation; the agent gets the best of them
+    served = trained["served_seed"]
+    scores = {seed: trained[f"seed-{seed}"]["validation_ndcg@10"] for seed in (3, 4)}
+    assert served == max(scores, key=scores.get) and scores[3] != scores[4]
+    for name in ("modules.json", "model.safetensors"):
+        served_file = project / "models" / "embedder_seeds" / f"seed-{served}" / name
+        assert (project / "models" / "embedder" / name).read_bytes() == served_file.read_bytes()
     metrics = yaml.safe_load((project / "metrics" / "embedder.json").read_text())
-    assert set(metrics) == {"pretrained", "finetuned", "bm25"}
+    assert (metrics["split"], metrics["seeds"]) == ("test", 2)
     test_counts = tasks[tasks["split"] == "test"]["task"].value_counts().to_dict()
-    for system in metrics.values():
-        assert {t: r["queries"] for t, r in system.items() if t != "macro"} == test_counts
-        assert 0 <= system["macro"]["ndcg@10"] <= 1
-    assert metrics["pretrained"] != metrics["finetuned"]  # it trained
+    for system in ("pretrained", "finetuned", "bm25"):
+        assert {t: r["queries"] for t, r in metrics[system].items() if t != "macro"} == test_counts
+        assert 0 <= metrics[system]["macro"]["ndcg@10"] <= 1
+    finetuned, gain = metrics["finetuned"]["macro"], metrics["finetuned_minus_pretrained"]["macro"]
+    assert finetuned["ndcg@10_ci95"] > 0  # two seeds, two models
+    assert gain["ndcg@10"] == pytest.approx(
+        finetuned["ndcg@10"] - metrics["pretrained"]["macro"]["ndcg@10"], abs=2e-4
+    )
     assert "| macro | 100 |" in (project / "metrics" / "embedder.md").read_text()
 
     agent = yaml.safe_load((project / "metrics" / "agent.json").read_text())

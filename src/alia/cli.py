@@ -92,6 +92,16 @@ def cmd_exp_run(args: argparse.Namespace) -> int:
     return subprocess.call(command)
 
 
+def cmd_exp_sweeps(args: argparse.Namespace) -> int:
+    """Collect the embedder sweeps' experiments (`make sweeps`) into DVC plots and a Markdown table."""
+    from alia.sweeps import collect
+
+    points = collect(args.out)
+    print(json.dumps(points))
+    print(f"plots: {args.out}/*.json (dvc plots show); table: {args.out}/sweeps.md", file=sys.stderr)
+    return 0 if all(points.values()) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="alia", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -120,13 +130,17 @@ def main(argv: list[str] | None = None) -> int:
     ask.add_argument("--descriptions", default=ASK_DEFAULTS["descriptions"], help="its descriptions.parquet")
     ask.set_defaults(func=cmd_ask)
     exp = sub.add_parser("exp", help="experiments with a params overlay file")
-    exp_run = exp.add_subparsers(dest="exp_command", required=True).add_parser(
+    exp_commands = exp.add_subparsers(dest="exp_command", required=True)
+    exp_run = exp_commands.add_parser(
         "run",
         help=cmd_exp_run.__doc__,
         description=cmd_exp_run.__doc__ + " Further arguments go to dvc exp run, e.g. -n NAME, --queue.",
     )
     exp_run.add_argument("overlay", help="a YAML file shaped like params.yaml, e.g. configs/full_size.yaml")
     exp_run.set_defaults(func=cmd_exp_run)
+    sweeps = exp_commands.add_parser("sweeps", help=cmd_exp_sweeps.__doc__)
+    sweeps.add_argument("--out", default="metrics/sweeps", help="where the plot files and table go")
+    sweeps.set_defaults(func=cmd_exp_sweeps)
     args, rest = parser.parse_known_args(argv)
     args.dvc_args = rest  # what `alia` does not know goes to `dvc exp run`
     if args.dvc_args and args.func is not cmd_exp_run:

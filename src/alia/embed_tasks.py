@@ -240,13 +240,24 @@ def description_lookup(entities: pd.DataFrame) -> dict[str, str]:
     }
 
 
-def augment(rows: pd.DataFrame, descriptions: Mapping[str, str], augment_p: float, seed: int) -> pd.DataFrame:
-    """Each query, with probability `augment_p`, gets the descriptions of its entities appended
-    (`descriptions` by description_key)."""
-    if not 0 <= augment_p <= 1:
-        raise ValueError(f"augment_p {augment_p}: expected a probability in [0, 1]")
+def augment(
+    rows: pd.DataFrame,
+    descriptions: Mapping[str, str],
+    augment_p: float,
+    seed: int,
+    eval_augment_p: float | None = None,
+) -> pd.DataFrame:
+    """Each train query, with probability `augment_p`, gets the descriptions of its entities appended
+    (`descriptions` by description_key); each validation and test query with `eval_augment_p` (default:
+    `augment_p`). One uniform draw per query decides, so the validation and test queries stay the same
+    whatever `augment_p` is."""
+    eval_augment_p = augment_p if eval_augment_p is None else eval_augment_p
+    for name, p in (("augment_p", augment_p), ("eval_augment_p", eval_augment_p)):
+        if not 0 <= p <= 1:
+            raise ValueError(f"{name} {p}: expected a probability in [0, 1]")
     rng = np.random.default_rng(seed)
-    augmented = rng.random(len(rows)) < augment_p
+    threshold = np.where(rows["split"] == "train", augment_p, eval_augment_p)
+    augmented = rng.random(len(rows)) < threshold
     queries = [
         build_query(row.instruction, row.entities, descriptions if extend else None)
         for row, extend in zip(rows.itertuples(), augmented, strict=True)

@@ -9,6 +9,7 @@ any ranking, so that BM25 is scored exactly as the embedders are.
 from __future__ import annotations
 
 import math
+import tempfile
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from scipy import stats
 from sentence_transformers.base.sampler import DefaultBatchSampler
 
 # contrastive: labelled pairs, no in-batch negatives; the others rank a query's positive above the
@@ -173,32 +175,54 @@ def ranking_metrics(scores: dict[str, dict[str, float]], relevant: dict[str, set
     return {"hit@1": float(np.mean(hit)), "map@100": float(np.mean(ap)), "ndcg@10": float(np.mean(ndcg))}
 
 
-def embedder_metrics(model: Any, tasks: pd.DataFrame, split: str, batch_size: int = 64) -> dict[str, dict]:
-    """Per task, sentence-transformers' InformationRetrievalEvaluator on `split` (cosine similarity)."""
+def ir_evaluator(tasks: pd.DataFrame, task: str, split: str, batch_size: int = 64) -> Any:
+    """sentence-transformers' InformationRetrievalEvaluator for one task's `split` queries (cosine),
+    computing HIT@1, MAP@100 and NDCG@10 (its primary metric), or None where the split has none."""
     from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 
+    queries, corpus, relevant = retrieval_data(tasks, task, split)
+    if not queries:
+        return None
+    return InformationRetrievalEvaluator(
+        queries,
+        corpus,
+        relevant,
+        name=task,
+        accuracy_at_k=[1],
+        precision_recall_at_k=[1],
+        mrr_at_k=[10],
+        ndcg_at_k=[10],
+        map_at_k=[100],
+        batch_size=batch_size,
+        write_csv=False,
+        show_progress_bar=False,
+    )
+
+
+def validation_evaluator(tasks: pd.DataFrame, batch_size: int = 64) -> Any:
+    """What chooses the checkpoint: the per-task evaluators on the validation split in a
+    SequentialEvaluator whose score (`sequential_score`) is their macro NDCG@10. It is given only the
+    validation queries, so it cannot read the test split."""
+    from sentence_transformers.sentence_transformer.evaluation import SequentialEvaluator
+
+    validation = tasks[tasks["split"] == "validation"]
+    evaluators = [
+        ir_evaluator(validation, t, "validation", batch_size) for t in sorted(validation["task"].unique())
+    ]
+    return SequentialEvaluator(evaluators, main_score_function=lambda scores: float(np.mean(scores)))
+
+
+def embedder_metrics(model: Any, tasks: pd.DataFrame, split: str, batch_size: int = 64) -> dict[str, dict]:
+    """Per task, sentence-transformers' InformationRetrievalEvaluator on `split` (cosine similarity)."""
     results = {}
     for task in sorted(tasks["task"].unique()):
-        queries, corpus, relevant = retrieval_data(tasks, task, split)
-        if not queries:
+        evaluator = ir_evaluator(tasks, task, split, batch_size)
+        if evaluator is None:
             continue
-        evaluator = InformationRetrievalEvaluator(
-            queries,
-            corpus,
-            relevant,
-            name=task,
-            accuracy_at_k=[1],
-            precision_recall_at_k=[1],
-            mrr_at_k=[10],
-            ndcg_at_k=[10],
-            map_at_k=[100],
-            batch_size=batch_size,
-            write_csv=False,
-        )
         scores = evaluator(model)
         results[task] = {
             ours: round(float(scores[f"{task}_cosine_{theirs}"]), 4) for ours, theirs in METRICS.items()
-        } | {"queries": len(queries)}
+        } | {"queries": len(evaluator.queries)}
     return results
 
 
@@ -228,15 +252,43 @@ def macro_average(results: dict[str, dict]) -> dict[str, float]:
     return {m: round(float(np.mean([r[m] for r in results.values()])), 4) for m in METRICS}
 
 
-def results_table(metrics: dict[str, dict], split: str) -> str:
-    """Markdown: a row per task (and the macro average), a column per metric and system."""
-    systems = list(metrics)
-    tasks = {t: r["queries"] for t, r in metrics[systems[0]].items() if t != "macro"}
-    lines = [f"# Embedder: {split} split, per task", ""]
+def over_seeds(per_seed: list[dict[str, dict]], baseline: dict[str, dict] | None = None) -> dict[str, dict]:
+    """Per task (and macro), each metric's mean over the seeds' results and the half-width of its 95%
+    t-interval (`<metric>_ci95`); with `baseline` (a system without seeds), of the difference to it."""
+    summary = {}
+    for task in per_seed[0]:
+        summary[task] = {}
+        for metric in METRICS:
+            values = np.array([r[task][metric] for r in per_seed]) - (
+                baseline[task][metric] if baseline else 0
+            )
+            half = None  # one seed: no interval
+            if len(values) > 1:
+                half = round(
+                    float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))), 4
+                )
+            summary[task] |= {metric: round(float(values.mean()), 4), f"{metric}_ci95": half}
+        if "queries" in per_seed[0][task]:
+            summary[task]["queries"] = per_seed[0][task]["queries"]
+    return summary
+
+
+def results_table(metrics: dict[str, dict], split: str, seeds: int) -> str:
+    """Markdown: a row per task (and the macro average), a column per metric and system; a system with
+    seeds shows mean ± the 95% interval's half-width over them."""
+    systems = ("pretrained", "finetuned", "bm25")
+    tasks = {t: r["queries"] for t, r in metrics["pretrained"].items() if t != "macro"}
+
+    def cell(system: str, task: str, metric: str) -> str:
+        row = metrics[system][task]
+        ci = f" ± {row[f'{metric}_ci95']:.3f}" if row.get(f"{metric}_ci95") is not None else ""
+        return f"{row[metric]:.3f}{ci}"
+
+    lines = [f"# Embedder: {split} split, per task (fine-tuned: mean ± 95% interval over {seeds} seeds)", ""]
     lines.append("| task | queries | " + " | ".join(f"{m} {s}" for m in METRICS for s in systems) + " |")
     lines.append("|---" * (2 + len(METRICS) * len(systems)) + "|")
     for task, queries in [*sorted(tasks.items()), ("macro", sum(tasks.values()))]:
-        cells = [f"{metrics[s][task][m]:.3f}" for m in METRICS for s in systems]
+        cells = [cell(s, task, m) for m in METRICS for s in systems]
         lines.append(f"| {task} | {queries} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -252,9 +304,11 @@ def train_embedder(
     report_to: list[str] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune `base_model` on the train split with the loss in params (params.yaml train_embedder:
-    `training` holds SentenceTransformerTrainingArguments fields, `lora` peft LoraConfig fields); save
-    it (sentence-transformers format; only the adapter with `lora`) to `out_dir`. Returns the loss per
-    step."""
+    `training` holds SentenceTransformerTrainingArguments fields, its `seed` included; `lora` peft
+    LoraConfig fields); save it (sentence-transformers format; only the adapter with `lora`) to
+    `out_dir`. With `training.eval_strategy` set, `validation_evaluator` scores the checkpoints and
+    `load_best_model_at_end` keeps the best. `tasks` must not hold the test split. Returns the loss
+    per step, the validation score per evaluation and the best one."""
     from datasets import Dataset
     from sentence_transformers import (
         SentenceTransformer,
@@ -264,6 +318,10 @@ def train_embedder(
     from sentence_transformers.base.sampler import BatchSamplers
     from sentence_transformers.sentence_transformer import losses
 
+    if (tasks["split"] == "test").any():  # the test split is read once, by eval_embedder
+        raise ValueError(
+            "train_embedder: the tasks hold test-split queries; give it the train and validation splits"
+        )
     training = params["training"]  # SentenceTransformerTrainingArguments fields
     torch.manual_seed(training["seed"])
     # A causal LM checkpoint (e.g. models/pretrained/student_instruct) loads with last-token pooling
@@ -292,31 +350,43 @@ def train_embedder(
     else:  # gist: the pretrained model, frozen, guides which in-batch items count as negatives
         guide = SentenceTransformer(str(base_model), device=model.device)
         loss = losses.GISTEmbedLoss(model, guide=guide)
-    args = SentenceTransformerTrainingArguments(
-        **training,
-        output_dir=str(Path(out_dir).parent / f".{Path(out_dir).name}-checkpoints"),
-        batch_sampler=sampler,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=report_to or [],
-        use_cpu=not torch.cuda.is_available(),
-    )
-    trainer = SentenceTransformerTrainer(
-        model=model, args=args, train_dataset=Dataset.from_pandas(pairs, preserve_index=False), loss=loss
-    )
-    result = trainer.train()
+    evaluator = validation_evaluator(tasks) if training.get("eval_strategy", "no") != "no" else None
+    # checkpoints exist only to choose among them; the chosen one is saved to out_dir
+    with tempfile.TemporaryDirectory(prefix="embedder-checkpoints-") as checkpoints:
+        args = SentenceTransformerTrainingArguments(
+            **({"save_strategy": "no"} | training),
+            output_dir=checkpoints,
+            batch_sampler=sampler,
+            logging_steps=1,
+            report_to=report_to or [],
+            use_cpu=not torch.cuda.is_available(),
+        )
+        trainer = SentenceTransformerTrainer(
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_pandas(pairs, preserve_index=False),
+            loss=loss,
+            evaluator=evaluator,
+        )
+        result = trainer.train()
     # The model card would state the wall-clock training time, so the same training would give
     # a different DVC hash each run; the runtime goes to metrics/train_embedder.json instead.
     model.model_card_data._training_start_time = None
     model.save_pretrained(str(out_dir))
-    losses_per_step = [
-        {"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h
-    ]
+    history = trainer.state.log_history
+    best = trainer.state.best_model_checkpoint  # .../checkpoint-<step>; None without selection
     return {
         "pairs": len(pairs),
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "steps": trainer.state.global_step,
+        "best_step": int(best.rsplit("-", 1)[1]) if best else trainer.state.global_step,
+        "validation_ndcg@10": round(trainer.state.best_metric, 4) if best else None,
         "train_loss": round(result.training_loss, 4),
         "runtime_s": round(result.metrics["train_runtime"], 1),
-        "losses": losses_per_step,
+        "losses": [{"step": h["step"], "loss": h["loss"]} for h in history if "loss" in h],
+        "validation": [
+            {"step": h["step"], "ndcg@10": round(h["eval_sequential_score"], 4)}
+            for h in history
+            if "eval_sequential_score" in h
+        ],
     }
