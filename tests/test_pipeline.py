@@ -468,7 +468,8 @@ def test_embedder_and_agent_stages(project):
     assert described["teacher"]["calls"] == 54  # each missing description asked once
 
     trained = yaml.safe_load((project / "metrics" / "train_embedder.json").read_text())
-    assert trained["pairs"] == tasks.loc[tasks["split"] == "train", "relevant"].map(len).sum()
+    pairs = tasks.loc[tasks["split"] == "train", "relevant"].map(len).sum()
+    assert trained["seed-3"]["pairs"] == trained["seed-4"]["pairs"] == pairs
     # one model per seed, each its best checkpoint on validation; the agent gets the best of them
     served = trained["served_seed"]
     scores = {seed: trained[f"seed-{seed}"]["validation_ndcg@10"] for seed in (3, 4)}

@@ -12,7 +12,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import yaml
+from scipy import stats
 
 from alia.embedder import METRICS
 from alia.tracking import write_json
@@ -56,15 +59,24 @@ def experiment_files(revs: Iterable[str], root: str | Path = ".") -> list[tuple[
     return runs
 
 
+SECTIONS = ("embed_tasks", "train_embedder")  # what the sweeps vary, and must hold fixed otherwise
+
+
+def settings(params: dict[str, Any]) -> dict[str, Any]:
+    """The embedder's settings (params.yaml embed_tasks and train_embedder) under dotted keys."""
+    return pd.json_normalize({k: params[k] for k in SECTIONS}).iloc[0].to_dict()
+
+
 def sweep_runs(runs: list[tuple[dict, dict]], defaults: dict[str, Any]) -> dict[str, list[tuple[Any, dict]]]:
-    """Per sweep, (swept value, metrics) of the runs that hold every other swept setting at its default;
+    """Per sweep, (swept value, metrics) of the runs whose every other embedder setting is the default;
     one run per value (the first)."""
+    default = settings(defaults)
     swept = {}
-    for sweep in SWEEPS:
-        others = [k for other, ks in SWEEPS.items() if other != sweep for k in ks]
+    for sweep, keys in SWEEPS.items():
         points: dict[Any, dict] = {}
         for params, metrics in runs:
-            if all(lookup(params, k) == lookup(defaults, k) for k in others):
+            ours = settings(params)
+            if all(ours.get(k) == v for k, v in default.items() if k not in keys):
                 points.setdefault(swept_value(sweep, params), metrics)
         swept[sweep] = sorted(points.items(), key=lambda p: (isinstance(p[0], str), p[0]))
     return swept
@@ -75,31 +87,49 @@ def plot_rows(sweep: str, points: list[tuple[Any, dict]]) -> list[dict]:
     a line plot, or one row per (task, loss) for the loss comparison's bars."""
     if sweep == "loss":
         return [
-            {"task": f"{task} · {value}", "map@100": metrics["finetuned"][task]["map@100"]}
+            {"task": f"{task}: {value}", "map@100": metrics["finetuned"][task]["map@100"]}
             for task in points[0][1]["finetuned"]
             for value, metrics in points
         ]
     return [{sweep: value} | {t: r["map@100"] for t, r in m["finetuned"].items()} for value, m in points]
 
 
-def summary_table(swept: dict[str, list[tuple[Any, dict]]]) -> str:
-    """Markdown: per sweep and value, the macro metrics (mean ± 95% interval over seeds), the
-    difference to the pretrained model, and MAP@100 per task."""
+def difference(a: dict, b: dict, task: str, metric: str) -> tuple[float, float]:
+    """a - b for one task's metric, both means over seeds, with the half-width of Welch's 95% interval
+    (each run's standard deviation recovered from its t-interval)."""
+    stats_of = []
+    for m in (a, b):
+        row, n = m["finetuned"][task], m["seeds"]
+        sd = row[f"{metric}_ci95"] * np.sqrt(n) / stats.t.ppf(0.975, n - 1)
+        stats_of.append((row[metric], sd**2 / n, n))
+    (mean_a, var_a, n_a), (mean_b, var_b, n_b) = stats_of
+    se2 = var_a + var_b
+    if se2 == 0:
+        return round(mean_a - mean_b, 4), 0.0
+    dof = se2**2 / (var_a**2 / (n_a - 1) + var_b**2 / (n_b - 1))
+    return round(mean_a - mean_b, 4), round(float(stats.t.ppf(0.975, dof) * np.sqrt(se2)), 4)
+
+
+def summary_table(swept: dict[str, list[tuple[Any, dict]]], defaults: dict[str, Any]) -> str:
+    """Markdown: per sweep and value, the macro metrics, the macro MAP@100's difference to the default
+    settings and MAP@100 per task, each a mean ± 95% interval over seeds."""
     lines = ["# Embedder sweeps: validation split, fine-tuned model, mean ± 95% interval over seeds", ""]
     for sweep, points in swept.items():
-        if not points:
+        default = dict(points).get(swept_value(sweep, defaults))
+        if not points or default is None:
             continue
         tasks = [t for t in points[0][1]["finetuned"] if t != "macro"]
         lines += [f"## {sweep}", ""]
-        head = [sweep, "seeds", *(f"macro {m}" for m in METRICS), "macro map@100 - pretrained"]
+        head = [sweep, "seeds", *(f"macro {m}" for m in METRICS), "macro map@100 - default"]
         lines += ["| " + " | ".join(head + [f"{t} map@100" for t in tasks]) + " |"]
         lines += ["|---" * (len(head) + len(tasks)) + "|"]
         for value, metrics in points:
-            macro, gain = metrics["finetuned"]["macro"], metrics["finetuned_minus_pretrained"]["macro"]
+            finetuned = metrics["finetuned"]
             cells = [str(value), str(metrics["seeds"])]
-            cells += [f"{macro[m]:.3f} ± {macro[f'{m}_ci95']:.3f}" for m in METRICS]
-            cells += [f"{gain['map@100']:+.3f} ± {gain['map@100_ci95']:.3f}"]
-            cells += [f"{metrics['finetuned'][t]['map@100']:.3f}" for t in tasks]
+            cells += [f"{finetuned['macro'][m]:.3f} ± {finetuned['macro'][f'{m}_ci95']:.3f}" for m in METRICS]
+            gain = "{:+.3f} ± {:.3f}".format(*difference(metrics, default, "macro", "map@100"))
+            cells += ["(default)" if metrics is default else gain]
+            cells += [f"{finetuned[t]['map@100']:.3f} ± {finetuned[t]['map@100_ci95']:.3f}" for t in tasks]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -121,5 +151,5 @@ def collect(out_dir: str | Path, root: str | Path = ".") -> dict[str, int]:
     out_dir = Path(out_dir)
     for sweep, points in swept.items():
         write_json(out_dir / f"{sweep}.json", plot_rows(sweep, points) if points else [])
-    (out_dir / "sweeps.md").write_text(summary_table(swept))
+    (out_dir / "sweeps.md").write_text(summary_table(swept, defaults))
     return {sweep: len(points) for sweep, points in swept.items()}

@@ -1,0 +1,102 @@
+"""The embedder sweeps' collection: which experiments make a sweep, the plot rows, the differences."""
+
+import json
+import subprocess
+
+import pytest
+import yaml
+from conftest import REPO
+
+from alia.sweeps import difference, experiment_files, plot_rows, summary_table, sweep_runs
+
+TASKS = ("A2S", "C2FM", "E2CAT", "E2CLT", "EU2SU", "FM2CLS", "FM2CMP", "FM2S", "S2FM")
+DEFAULTS = {
+    "embed_tasks": {"augment_p": 0.5},
+    "train_embedder": {"loss": "contrastive", "negatives": "random", "pos_ratio": 0.5, "margin": 0.5},
+}
+
+
+def run(augment_p=0.5, loss="contrastive", negatives="random", pos_ratio=0.5, map100=0.5, ci=0.1):
+    params = {
+        "embed_tasks": {"augment_p": augment_p},
+        "train_embedder": {"loss": loss, "negatives": negatives, "pos_ratio": pos_ratio, "margin": 0.5},
+    }
+    row = {"hit@1": map100, "map@100": map100, "ndcg@10": map100}
+    row |= {f"{m}_ci95": ci for m in ("hit@1", "map@100", "ndcg@10")}
+    metrics = {"split": "validation", "seeds": 3, "finetuned": {"macro": row, "A2S": row | {"queries": 2}}}
+    return params, metrics
+
+
+def test_a_sweep_holds_the_other_settings_at_their_defaults():
+    runs = [
+        run(),
+        run(augment_p=0.2, map100=0.4),
+        run(augment_p=0.2, loss="mnrl"),  # two swept settings off their defaults: in no sweep
+        run(loss="gist", map100=0.6),
+        run(negatives="hard"),
+        run(pos_ratio=0.0),
+        run(pos_ratio=0.125),
+    ]
+    other_margin = run(map100=0.9)  # a setting no sweep varies, off its default: in no sweep
+    other_margin[0]["train_embedder"]["margin"] = 1.0
+    runs.insert(0, other_margin)
+    swept = sweep_runs(runs, DEFAULTS)
+    assert [v for v, _ in swept["augment_p"]] == [0.2, 0.5]
+    assert [v for v, _ in swept["loss"]] == ["contrastive", "contrastive, hard negatives", "gist"]
+    assert [v for v, _ in swept["pos_ratio"]] == [0.0, 0.125, 0.5]
+    assert plot_rows("augment_p", swept["augment_p"]) == [
+        {"augment_p": 0.2, "macro": 0.4, "A2S": 0.4},
+        {"augment_p": 0.5, "macro": 0.5, "A2S": 0.5},
+    ]
+    bars = plot_rows("loss", swept["loss"])
+    assert {"task": "A2S: gist", "map@100": 0.6} in bars and len(bars) == 2 * 3
+    table = summary_table(swept, DEFAULTS)
+    assert "| gist | 3 | 0.600 ± 0.100 | 0.600 ± 0.100 | 0.600 ± 0.100 | +0.100 ± " in table
+    assert "| contrastive | 3 | 0.500 ± 0.100 | 0.500 ± 0.100 | 0.500 ± 0.100 | (default) |" in table
+
+
+def test_difference_is_welchs_interval():
+    a, b = run(map100=0.6, ci=0.2)[1], run(map100=0.5, ci=0.1)[1]
+    # sd from the t-interval: ci x sqrt(3) / t(0.975, 2) = 0.0805 and 0.0403; se 0.0520 on 2.94 degrees
+    # of freedom (Welch), t(0.975, 2.94) = 3.219
+    diff, half = difference(a, b, "macro", "map@100")
+    assert diff == 0.1 and half == pytest.approx(0.1673, abs=1e-3)
+    assert difference(a, a, "A2S", "hit@1")[0] == 0
+
+
+def test_experiment_files_reads_validation_runs_from_commits(tmp_path):
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True, text=True).stdout
+
+    git("init", "-q")
+    (tmp_path / "metrics").mkdir()
+    revs = []
+    for split, augment_p in (("validation", 0.2), ("test", 0.4)):
+        params, metrics = run(augment_p=augment_p)
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+        (tmp_path / "metrics" / "embedder.json").write_text(yaml.safe_dump(metrics | {"split": split}))
+        git("add", "-A")
+        git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", split)
+        revs.append(git("rev-parse", "HEAD").strip())
+    runs = experiment_files([*revs, "0" * 40], tmp_path)  # a test-split run and a missing rev: skipped
+    assert [p["embed_tasks"]["augment_p"] for p, _ in runs] == [0.2]
+
+
+def test_the_committed_sweep_plots_render():
+    """`dvc plots show` renders the three sweeps from metrics/sweeps/ (what `alia exp sweeps` wrote)."""
+    shown = subprocess.run(
+        ["dvc", "plots", "show", "--json"], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    plots = json.loads(shown.stdout)["data"]
+    for plot_id, field in (
+        ("MAP@100 against augment_p", "augment_p"),
+        ("MAP@100 against pos_ratio", "pos_ratio"),
+    ):
+        rows = plots[plot_id][0]["content"]["data"]["values"]
+        assert {r["field"] for r in rows} >= set(TASKS) | {"macro"}
+        assert len({r[field] for r in rows}) >= 2 and all(0 <= r["dvc_inferred_y_value"] <= 1 for r in rows)
+    bars = plots["MAP@100 per task and loss"][0]["content"]["data"]["values"]
+    assert {r["task"].split(":")[0] for r in bars} == set(TASKS) | {"macro"}
+    assert (
+        len({r["task"].split(": ")[1] for r in bars}) == 5
+    )  # contrastive (random, hard), mnrl, cached_mnrl, gist
