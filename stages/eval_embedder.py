@@ -24,13 +24,15 @@ tasks = pd.read_parquet(tasks_file)
 split, batch_size = params["split"], params["batch_size"]
 
 
-def scored(model_dir: Path) -> dict[str, dict]:
-    by_task = embedder_metrics(SentenceTransformer(str(model_dir)), tasks, split, batch_size)
+def with_macro(by_task: dict[str, dict]) -> dict[str, dict]:
     return {"macro": macro_average(by_task), **by_task}
 
 
-bm25 = bm25_metrics(tasks, split)
-pretrained, bm25 = scored(pretrained_dir), {"macro": macro_average(bm25), **bm25}
+def scored(model_dir: Path) -> dict[str, dict]:
+    return with_macro(embedder_metrics(SentenceTransformer(str(model_dir)), tasks, split, batch_size))
+
+
+pretrained, bm25 = scored(pretrained_dir), with_macro(bm25_metrics(tasks, split))
 per_seed = [scored(seeds_dir / f"seed-{seed}") for seed in seeds]
 metrics = {
     "split": split,

@@ -2,6 +2,8 @@
 
 import json
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -85,7 +87,11 @@ def test_experiment_files_reads_validation_runs_from_commits(tmp_path):
 def test_the_committed_sweep_plots_render():
     """`dvc plots show` renders the three sweeps from metrics/sweeps/ (what `alia exp sweeps` wrote)."""
     shown = subprocess.run(
-        ["dvc", "plots", "show", "--json"], cwd=REPO, capture_output=True, text=True, check=True
+        [str(Path(sys.executable).parent / "dvc"), "plots", "show", "--json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     plots = json.loads(shown.stdout)["data"]
     for plot_id, field in (

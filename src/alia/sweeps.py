@@ -1,8 +1,8 @@
 """The embedder's three sweeps (`make sweeps`, docs/embedder.md): DVC experiments, each scored on the
 validation split over the train_embedder seeds, collected into DVC plots and a Markdown table.
 
-A sweep is the experiments whose other swept settings are the defaults (params.yaml), so the
-default configuration is a point of each sweep.
+A sweep is the experiments whose every other embedder setting (params.yaml embed_tasks and
+train_embedder) is the default, so the default configuration is a point of each sweep.
 """
 
 from __future__ import annotations
@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import yaml
 from scipy import stats
 
 from alia.embedder import METRICS
-from alia.tracking import write_json
+from alia.tracking import flatten_params, write_json
 
 # sweep name -> the params.yaml keys it varies (the loss sweep: the loss and how negatives are found)
 SWEEPS = {
@@ -62,9 +61,9 @@ def experiment_files(revs: Iterable[str], root: str | Path = ".") -> list[tuple[
 SECTIONS = ("embed_tasks", "train_embedder")  # what the sweeps vary, and must hold fixed otherwise
 
 
-def settings(params: dict[str, Any]) -> dict[str, Any]:
-    """The embedder's settings (params.yaml embed_tasks and train_embedder) under dotted keys."""
-    return pd.json_normalize({k: params[k] for k in SECTIONS}).iloc[0].to_dict()
+def settings(params: dict[str, Any]) -> dict[str, str]:
+    """The embedder's settings (params.yaml embed_tasks and train_embedder) under dotted keys, as text."""
+    return flatten_params({k: params[k] for k in SECTIONS})
 
 
 def sweep_runs(runs: list[tuple[dict, dict]], defaults: dict[str, Any]) -> dict[str, list[tuple[Any, dict]]]:
