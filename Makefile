@@ -12,7 +12,14 @@ export PATH := $(BIN):$(PATH)
 
 .PHONY: install repro test test-fast lint sweeps
 
-install: $(STAMP)
+# The page `dvc plots show` fills (.dvc/config plots.html_template): Vega inlined from the installed
+# vl-convert-python, so that plots render offline; DVC's own page loads Vega from a CDN.
+PLOTS_PAGE := .dvc/offline_plots.html
+
+install: $(STAMP) $(PLOTS_PAGE)
+
+$(PLOTS_PAGE): $(STAMP)
+	$(BIN)/alia plots-page $@
 
 $(STAMP): pyproject.toml requirements/constraints.txt requirements/models.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "alia needs Python >= 3.11 (PYTHON=$(PYTHON))"; exit 1; }
@@ -38,14 +45,16 @@ lint: install
 	ruff format --check src stages tests benchmarks
 
 # The embedder's three sweeps (docs/embedder.md), queued as DVC experiments up to eval_embedder and
-# scored on the validation split; the teacher answers from its cache. The default settings are one
-# point of each sweep (loss=contrastive), so pos_ratio 0.5 and augment_p 0.5 are not queued twice.
+# scored on the validation split; the teacher answers from its cache. Each sweep varies one setting of
+# the reference (the defaults with the contrastive loss: alia.sweeps.REFERENCE), which is one point of
+# each, so pos_ratio 0.5 and augment_p 0.5 are not queued twice.
 # PYTHONPATH=src: a queued experiment runs in a copy of the repository, and must import that copy's
 # alia, not the editable install's. `alia exp sweeps` then collects the plots.
 SWEEP := dvc exp run --queue eval_embedder -S eval_embedder.split=validation
+REF := $(SWEEP) -S train_embedder.loss=contrastive
 sweeps: install
 	$(SWEEP) -S 'train_embedder.loss=contrastive,mnrl,cached_mnrl,gist'
-	$(SWEEP) -S train_embedder.negatives=hard
-	$(SWEEP) -S 'train_embedder.pos_ratio=0,0.125,0.25,0.375,0.625,0.75,0.875,1'
-	$(SWEEP) -S 'embed_tasks.augment_p=0,0.2,0.4,0.6,0.8,1'
+	$(REF) -S train_embedder.negatives=hard
+	$(REF) -S 'train_embedder.pos_ratio=0,0.125,0.25,0.375,0.625,0.75,0.875,1'
+	$(REF) -S 'embed_tasks.augment_p=0,0.2,0.4,0.6,0.8,1'
 	PYTHONPATH=src dvc queue start

@@ -30,7 +30,7 @@ def run(config: TeacherConfig, cache: Path, prompts: list) -> tuple[float, dict]
         answers = teacher.ask(prompts, desc=f"concurrency {config.concurrency}")
         seconds = time.perf_counter() - start
     assert all(a.ok for a in answers)
-    return len(prompts) / seconds, teacher.metrics()
+    return len(prompts) / seconds, teacher.metrics() | teacher.run_stats()
 
 
 def main() -> None:

@@ -10,17 +10,18 @@ python stages/eval_embedder.py <pretrained_dir> <seeds_dir> <tasks.parquet> <met
 import sys
 from pathlib import Path
 
-import pandas as pd
 from sentence_transformers import SentenceTransformer
 
 from alia.embedder import bm25_metrics, embedder_metrics, macro_average, over_seeds, results_table
+from alia.models import require_model
 from alia.params import load_params
+from alia.tables import read_parquet
 from alia.tracking import finish_stage
 
 pretrained_dir, seeds_dir, tasks_file, metrics_file, table_file, plot_file = map(Path, sys.argv[1:7])
 params = load_params("eval_embedder")
 seeds = load_params("train_embedder")["seeds"]
-tasks = pd.read_parquet(tasks_file)
+tasks = read_parquet(tasks_file)
 split, batch_size = params["split"], params["batch_size"]
 
 
@@ -29,7 +30,9 @@ def with_macro(by_task: dict[str, dict]) -> dict[str, dict]:
 
 
 def scored(model_dir: Path) -> dict[str, dict]:
-    return with_macro(embedder_metrics(SentenceTransformer(str(model_dir)), tasks, split, batch_size))
+    return with_macro(
+        embedder_metrics(SentenceTransformer(str(require_model(model_dir))), tasks, split, batch_size)
+    )
 
 
 pretrained, bm25 = scored(pretrained_dir), with_macro(bm25_metrics(tasks, split))
@@ -51,4 +54,11 @@ plot_rows = [
     for system in ("pretrained", "finetuned", "bm25")
     for task in metrics[system]
 ]
-finish_stage("eval_embedder", metrics, metrics_file, params, plots={plot_file: plot_rows})
+finish_stage(
+    "eval_embedder",
+    metrics,
+    metrics_file,
+    params,
+    plots={plot_file: plot_rows},
+    inputs={tasks_file: "evaluation"},
+)

@@ -8,20 +8,19 @@ python stages/eval_pretrained.py <name> <model_dir> <eval_dir> <metrics.json> <b
 import sys
 from pathlib import Path
 
-import pandas as pd
-
 from alia.params import load_params
 from alia.scoring import evaluate_model
+from alia.tables import read_parquet
 from alia.tracking import finish_stage, start_run, write_json
 
 name = sys.argv[1]
 model_dir, eval_dir, metrics_file, breakdown_file, predictions_file = map(Path, sys.argv[2:7])
 params = load_params("mcqa")
-question_sets = {path.stem: pd.read_parquet(path) for path in sorted(eval_dir.glob("*.parquet"))}
+question_sets = {path.stem: read_parquet(path) for path in sorted(eval_dir.glob("*.parquet"))}
 
 with start_run("eval_pretrained", params | {"model": str(model_dir)}, variant=name):
     metrics, breakdown, predictions = evaluate_model(model_dir, question_sets, params, desc=name)
     write_json(breakdown_file, breakdown)
     predictions_file.parent.mkdir(parents=True, exist_ok=True)
     predictions.to_parquet(predictions_file, index=False)
-    finish_stage("eval_pretrained", metrics, metrics_file)
+    finish_stage("eval_pretrained", metrics, metrics_file, inputs={eval_dir: "evaluation"})

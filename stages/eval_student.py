@@ -11,24 +11,23 @@ breakdown are separate files, so that experiment tables stay readable.
 import sys
 from pathlib import Path
 
-import pandas as pd
-
 from alia.params import load_params
 from alia.scoring import compare_with_base, evaluate_model
+from alia.tables import read_parquet
 from alia.tracking import finish_stage, start_run, write_json
 
 variant = sys.argv[1]
 adapter_dir, eval_dir, base_file, metrics_file, breakdown_file, predictions_file = map(Path, sys.argv[2:8])
 params = load_params("mcqa")
 config = load_params("train_student")["variants"][variant]
-question_sets = {path.stem: pd.read_parquet(path) for path in sorted(eval_dir.glob("*.parquet"))}
+question_sets = {path.stem: read_parquet(path) for path in sorted(eval_dir.glob("*.parquet"))}
 
 with start_run("eval_student", params | {"model": str(adapter_dir), **config}, variant=variant):
     metrics, breakdown, predictions = evaluate_model(adapter_dir, question_sets, params, desc=variant)
     # a positive control was trained on D_eval itself: labelled, so that no table takes it for a result
     metrics = {"base": config["student"], "leak": bool(config.get("leak", False)), **metrics}
-    metrics = compare_with_base(metrics, predictions, pd.read_parquet(base_file), params)
+    metrics = compare_with_base(metrics, predictions, read_parquet(base_file), params)
     write_json(breakdown_file, breakdown)
     predictions_file.parent.mkdir(parents=True, exist_ok=True)
     predictions.to_parquet(predictions_file, index=False)
-    finish_stage("eval_student", metrics, metrics_file)
+    finish_stage("eval_student", metrics, metrics_file, inputs={eval_dir: "evaluation"})

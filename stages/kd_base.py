@@ -8,24 +8,22 @@ python stages/kd_base.py <tables_dir> <discovery_dir> <relevance_dir> <out.parqu
 import sys
 from pathlib import Path
 
-import pandas as pd
-
 from alia.corpora import PassageFilter, knowledge_items, write_chunks
 from alia.generation import ask_rows_in_chunks, stage_teacher
 from alia.params import load_params
 from alia.prompts import load_prompt
-from alia.tables import read_table
+from alia.tables import read_parquet, read_table
 from alia.tracking import finish_stage
 
 tables_dir, discovery_dir, relevance_dir, out_file, cache, metrics_file = map(Path, sys.argv[1:7])
 params = load_params("kd_base")
 
-sensors = pd.read_parquet(discovery_dir / "sensors.parquet")
+sensors = read_parquet(discovery_dir / "sensors.parquet")
 items = knowledge_items(
     classes=list(dict.fromkeys(sensors["equipment_class"])),
     class_failure_modes=read_table("class_failure_modes", tables_dir),
     sensors=sensors,
-    relevance=pd.read_parquet(relevance_dir / "relevance.parquet"),
+    relevance=read_parquet(relevance_dir / "relevance.parquet"),
     failure_modes_per_class=params["failure_modes_per_class"],
     sensors_per_class=params["sensors_per_class"],
     facts_per_document=params["facts_per_document"],
@@ -37,7 +35,7 @@ with stage_teacher(params.get("teacher"), cache) as teacher:
 
 metrics = {
     "documents": keep.counts["kept"],
-    "by_relation": pd.read_parquet(out_file, columns=["relation"])["relation"]
+    "by_relation": read_parquet(out_file, columns=["relation"])["relation"]
     .value_counts()
     .reindex(items["relation"].unique(), fill_value=0)
     .to_dict(),

@@ -16,7 +16,7 @@ from alia.corpora import PassageFilter, extend_items, key_entity_rows, write_chu
 from alia.generation import ask_rows, ask_rows_in_chunks, stage_teacher
 from alia.params import load_params
 from alia.prompts import load_prompt
-from alia.tables import read_tables
+from alia.tables import read_parquet, read_tables
 from alia.tracking import finish_stage
 from alia.vocabulary import Canonicaliser
 
@@ -27,8 +27,8 @@ params = load_params("kd_extend")
 # A key entity that names a sensor or failure mode of the graph as Phase I left it is that node
 graph = kg.build(
     read_tables(tables_dir),
-    pd.read_parquet(discovery_dir / "sensors.parquet"),
-    pd.read_parquet(relevance_dir / "relevance.parquet"),
+    read_parquet(discovery_dir / "sensors.parquet"),
+    read_parquet(relevance_dir / "relevance.parquet"),
     None,
     {name: load_prompt(name) for name in ("sensor_discovery", "relevance_check")},
     load_params("kg")["include_eval_assets"],
@@ -37,7 +37,7 @@ names = {
     kind: {graph.graph.nodes[n]["name"] for n in graph.nodes_of(kind)} for kind in ("sensor", "failure_mode")
 }
 
-base = pd.read_parquet(base_file).head(params["documents"])
+base = read_parquet(base_file).head(params["documents"])
 items = pd.DataFrame(
     {"source_doc_id": base["doc_id"], "equipment_class": base["equipment_class"], "document": base["text"]}
 )

@@ -7,18 +7,17 @@ python stages/kd_qa.py <kd_base.parquet> <kd_qa.parquet> <kd_qa_raft.parquet> <c
 import sys
 from pathlib import Path
 
-import pandas as pd
-
 from alia.corpora import filter_passages, qa_items, qa_records, raft_records
 from alia.generation import ask_rows, stage_teacher
 from alia.params import load_params
 from alia.prompts import load_prompt
+from alia.tables import read_parquet
 from alia.tracking import finish_stage
 
 base_file, qa_file, raft_file, cache, metrics_file = map(Path, sys.argv[1:6])
 params = load_params("kd_qa")
 
-items = qa_items(pd.read_parquet(base_file), params["documents"], params["min_pairs"])
+items = qa_items(read_parquet(base_file), params["documents"], params["min_pairs"])
 with stage_teacher(params.get("teacher"), cache) as teacher:
     answers, parsed = ask_rows(teacher, load_prompt("kd_qa"), items, "kd_qa")
 answers["parsed"] = parsed

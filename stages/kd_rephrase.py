@@ -6,19 +6,18 @@ python stages/kd_rephrase.py <style> <kd_base.parquet> <out.parquet> <cache.sqli
 import sys
 from pathlib import Path
 
-import pandas as pd
-
 from alia.corpora import PassageFilter, rephrase_items, write_chunks
 from alia.generation import ask_rows_in_chunks, stage_teacher
 from alia.params import load_params
 from alia.prompts import load_prompt
+from alia.tables import read_parquet
 from alia.tracking import finish_stage
 
 style = sys.argv[1]
 base_file, out_file, cache, metrics_file = map(Path, sys.argv[2:6])
 params = load_params("kd_rephrase")
 
-items = rephrase_items(pd.read_parquet(base_file), style, params["documents"])
+items = rephrase_items(read_parquet(base_file), style, params["documents"])
 keep = PassageFilter(params["near_duplicate_threshold"])
 with stage_teacher(params.get("teacher"), cache) as teacher:
     chunks = ask_rows_in_chunks(teacher, load_prompt(f"kd_rephrase_{style}"), items, f"kd_rephrase {style}")

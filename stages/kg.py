@@ -8,12 +8,10 @@ python stages/kg.py <tables_dir> <discovery_dir> <relevance_dir> <key_entities.p
 import sys
 from pathlib import Path
 
-import pandas as pd
-
 from alia import kg
 from alia.params import load_params
 from alia.prompts import load_prompt
-from alia.tables import read_tables
+from alia.tables import read_parquet, read_tables
 from alia.tracking import finish_stage
 
 tables_dir, discovery_dir, relevance_dir, entities_file, out_dir, metrics_file, plot_file = map(
@@ -23,9 +21,9 @@ params = load_params("kg")
 
 graph = kg.build(
     read_tables(tables_dir),
-    pd.read_parquet(discovery_dir / "sensors.parquet"),
-    pd.read_parquet(relevance_dir / "relevance.parquet"),
-    pd.read_parquet(entities_file),
+    read_parquet(discovery_dir / "sensors.parquet"),
+    read_parquet(relevance_dir / "relevance.parquet"),
+    read_parquet(entities_file),
     {name: load_prompt(name) for name in ("sensor_discovery", "relevance_check", "key_entities")},
     params["include_eval_assets"],
 )

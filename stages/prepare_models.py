@@ -7,9 +7,11 @@ python stages/prepare_models.py <role> <out_dir>
 import json
 import sys
 
+from alia import errors
 from alia.models import prepare_causal_lm, prepare_embedder
 from alia.params import load_params
 
+errors.install()  # a known failure prints one line (the stages that end with alia.tracking get this there)
 role, out_dir = sys.argv[1], sys.argv[2]
 params = load_params("prepare_models")[role]
 
@@ -18,7 +20,8 @@ if params["kind"] == "causal_lm":
 elif params["kind"] == "sentence_transformer":
     info = prepare_embedder(params["source"], out_dir)
 else:
-    sys.exit(
-        f"prepare_models.{role}.kind: expected causal_lm or sentence_transformer, got {params['kind']!r}"
+    raise ValueError(
+        f"params.yaml prepare_models.{role}.kind: expected causal_lm or sentence_transformer, "
+        f"got {params['kind']!r}"
     )
 print(json.dumps({role: info}, indent=2))

@@ -6,13 +6,11 @@ python stages/relevance_check.py <tables_dir> <discovery_dir> <out_dir> <cache.s
 import sys
 from pathlib import Path
 
-import pandas as pd
-
 from alia.generation import stage_teacher
 from alia.params import load_params
 from alia.phase1 import check_relevance, relevance_items
 from alia.prompts import load_prompt
-from alia.tables import read_table
+from alia.tables import read_parquet, read_table
 from alia.tracking import finish_stage
 
 tables_dir, discovery_dir, out_dir, cache, metrics_file = map(Path, sys.argv[1:6])
@@ -20,7 +18,7 @@ params = load_params("relevance_check")
 
 items = relevance_items(
     read_table("class_failure_modes", tables_dir),
-    pd.read_parquet(discovery_dir / "sensors.parquet"),
+    read_parquet(discovery_dir / "sensors.parquet"),
     params["failure_modes_per_class"],
     params["sensors_per_class"],
 )

@@ -10,18 +10,19 @@ import sys
 from pathlib import Path
 
 import mlflow
-import pandas as pd
 
+from alia.cards import write_embedder_card
 from alia.embedder import train_embedder
 from alia.params import load_params
+from alia.tables import read_parquet
 from alia.tracking import finish_stage, start_run
 
 pretrained_dir, tasks_file, out_dir, seeds_dir, metrics_file, plot_file = map(Path, sys.argv[1:7])
 params = load_params("train_embedder")
-tasks = pd.read_parquet(tasks_file)
+tasks = read_parquet(tasks_file)
 tasks = tasks[tasks["split"] != "test"]  # the test split is eval_embedder's, read once
 
-results = {}
+results, run_stats = {}, {}
 # under their section's name: the Trainer's MLflow callback logs its own learning_rate, seed, ...
 with start_run("train_embedder", {"train_embedder": params}):
     for seed in params["seeds"]:
@@ -29,6 +30,10 @@ with start_run("train_embedder", {"train_embedder": params}):
         with mlflow.start_run(run_name=f"seed-{seed}", nested=True):
             results[seed] = train_embedder(
                 pretrained_dir, tasks, seeds_dir / f"seed-{seed}", seed_params, report_to=["mlflow"]
+            )
+            run_stats[f"seed-{seed}"] = {"runtime_s": results[seed].pop("runtime_s")}
+            write_embedder_card(
+                seeds_dir / f"seed-{seed}", pretrained_dir, tasks_file, seed_params, results[seed]
             )
     served = max(results, key=lambda seed: results[seed]["validation_ndcg@10"] or 0.0)
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -40,4 +45,11 @@ with start_run("train_embedder", {"train_embedder": params}):
             for seed, r in results.items()
         },
     }
-    finish_stage("train_embedder", metrics, metrics_file, plots={plot_file: results[served]["losses"]})
+    finish_stage(
+        "train_embedder",
+        metrics,
+        metrics_file,
+        plots={plot_file: results[served]["losses"]},
+        run_stats=run_stats,
+        inputs={tasks_file: "training"},
+    )

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from accelerate import PartialState
 
+from alia.cards import write_adapter_card
 from alia.corpora import read_corpus
 from alia.params import load_params
 from alia.student import train_adapter, training_examples
@@ -50,7 +51,16 @@ if state.is_main_process:
     # the run is open while training, so that the trainer logs its loss curve into it
     with start_run("train_student", run_params, variant=variant):
         result = train()
+        run_stats = {k: result.pop(k) for k in ("runtime_s", "resumed_from_step")}
         metrics = {k: v for k, v in result.items() if k != "losses"} | counts
-        finish_stage("train_student", metrics, metrics_file, plots={plot_file: result["losses"]})
+        write_adapter_card(out_dir, variant, pretrained_dir, corpus, config["format"], run_params, metrics)
+        finish_stage(
+            "train_student",
+            metrics,
+            metrics_file,
+            plots={plot_file: result["losses"]},
+            run_stats=run_stats,
+            inputs={corpus: "training"},
+        )
 else:
     train()

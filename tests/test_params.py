@@ -17,5 +17,5 @@ def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
 def test_a_missing_section_names_the_ones_there(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("a: 1\nb: 2\n")
-    with pytest.raises(KeyError, match=r"no 'c' section; sections: \['a', 'b'\]"):
+    with pytest.raises(ValueError, match=r"no 'c' section; sections: \['a', 'b'\]"):
         load_params("c", path)

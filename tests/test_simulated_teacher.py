@@ -88,7 +88,7 @@ def test_the_teacher_survives_faults_and_answers_each_prompt_once(tmp_path):
         with Teacher(config, tmp_path / "cache.sqlite") as teacher:
             answers = teacher.ask(prompts, parser=prompt.parser())
         stats = faulty.stats()
-    metrics = teacher.metrics()
+    metrics = teacher.metrics() | teacher.run_stats()
     assert all(a.ok for a in answers)
     assert metrics["retries"] > 0 and metrics["reasks"] > 0
     assert metrics["requests"] == stats["requests"]  # every request the server saw was counted

@@ -9,12 +9,13 @@ import pytest
 import yaml
 from conftest import REPO
 
-from alia.sweeps import difference, experiment_files, plot_rows, summary_table, sweep_runs
+from alia.sweeps import difference, experiment_files, plot_rows, reference, summary_table, sweep_runs
 
 TASKS = ("A2S", "C2FM", "E2CAT", "E2CLT", "EU2SU", "FM2CLS", "FM2CMP", "FM2S", "S2FM")
-DEFAULTS = {
+DEFAULTS = {  # params.yaml's: the default loss is not the sweeps' reference (contrastive)
     "embed_tasks": {"augment_p": 0.5},
-    "train_embedder": {"loss": "contrastive", "negatives": "random", "pos_ratio": 0.5, "margin": 0.5},
+    "train_embedder": {"loss": "gist", "negatives": "random", "pos_ratio": 0.5, "margin": 0.5},
+    "eval_embedder": {"split": "test"},
 }
 
 
@@ -42,7 +43,9 @@ def test_a_sweep_holds_the_other_settings_at_their_defaults():
     other_margin = run(map100=0.9)  # a setting no sweep varies, off its default: in no sweep
     other_margin[0]["train_embedder"]["margin"] = 1.0
     runs.insert(0, other_margin)
-    swept = sweep_runs(runs, DEFAULTS)
+    ref = reference(DEFAULTS)
+    assert ref["train_embedder"]["loss"] == "contrastive" and ref["embed_tasks"] == DEFAULTS["embed_tasks"]
+    swept = sweep_runs(runs, ref)
     assert [v for v, _ in swept["augment_p"]] == [0.2, 0.5]
     assert [v for v, _ in swept["loss"]] == ["contrastive", "contrastive, hard negatives", "gist"]
     assert [v for v, _ in swept["pos_ratio"]] == [0.0, 0.125, 0.5]
@@ -52,9 +55,9 @@ def test_a_sweep_holds_the_other_settings_at_their_defaults():
     ]
     bars = plot_rows("loss", swept["loss"])
     assert {"task": "A2S: gist", "map@100": 0.6} in bars and len(bars) == 2 * 3
-    table = summary_table(swept, DEFAULTS)
+    table = summary_table(swept, ref)
     assert "| gist | 3 | 0.600 ± 0.100 | 0.600 ± 0.100 | 0.600 ± 0.100 | +0.100 ± " in table
-    assert "| contrastive | 3 | 0.500 ± 0.100 | 0.500 ± 0.100 | 0.500 ± 0.100 | (default) |" in table
+    assert "| contrastive | 3 | 0.500 ± 0.100 | 0.500 ± 0.100 | 0.500 ± 0.100 | (reference) |" in table
 
 
 def test_difference_is_welchs_interval():

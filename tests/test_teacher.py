@@ -40,7 +40,7 @@ def test_answers_in_order_with_token_counts(server, tmp_path):
         answers = teacher.ask([user("pump"), user("fan blade")])
     assert [a.text for a in answers] == ["answer to: pump", "answer to: fan blade"]
     assert [a.completion_tokens for a in answers] == [3, 4]
-    assert teacher.metrics()["calls"] == 2 and teacher.metrics()["prompt_tokens"] == 3
+    assert teacher.run_stats()["calls"] == 2 and teacher.metrics()["prompt_tokens"] == 3
 
 
 def test_rows_asked_in_chunks_come_back_in_order_under_one_progress_bar(server, tmp_path, capsys):
@@ -56,7 +56,7 @@ def test_rows_asked_in_chunks_come_back_in_order_under_one_progress_bar(server, 
     answers = pd.concat([chunk for chunk, _ in chunks], ignore_index=True)
     assert answers["document"].tolist() == items["document"].tolist()
     assert all(text.endswith(doc) for text, doc in zip(answers["text"], items["document"], strict=True))
-    assert teacher.metrics()["calls"] == 7
+    assert teacher.run_stats()["calls"] == 7
     bars = capsys.readouterr().err
     assert bars.count(" 0/7 ") == 1 and "/3 " not in bars  # one bar for the stage, not one per chunk
 
@@ -66,7 +66,7 @@ def test_retries_then_success(server, tmp_path):
         answers = teacher.ask([user("[500x2] motor"), user("[429x1] valve"), user("pump")])
     assert all(a.ok for a in answers)
     assert server.calls() == {"[500x2] motor": 3, "[429x1] valve": 2, "pump": 1}
-    metrics = teacher.metrics()
+    metrics = teacher.metrics() | teacher.run_stats()
     assert (metrics["requests"], metrics["retries"], metrics["calls"]) == (6, 3, 3)
 
 
@@ -77,7 +77,8 @@ def test_bounded_retries_then_clear_error_with_progress_kept(server, tmp_path):
         teacher.ask(prompts)
     message = str(err.value)
     assert message.startswith(
-        "1 of 3 prompts failed (transient errors retried 2 times) (first: prompt 1: Inter"
+        f"teacher.base_url {server.base_url}: 1 of 3 prompts failed (transient errors retried 2 times) "
+        "(first: prompt 1: Inter"
     )
     assert f"the 2 answers that arrived are cached in {cache}" in message
     assert server.calls()["[500xinf] broken"] == 3  # bounded: 1 + 2 retries
@@ -85,7 +86,7 @@ def test_bounded_retries_then_clear_error_with_progress_kept(server, tmp_path):
     with Teacher(config(server, retries=0), cache) as teacher, pytest.raises(TeacherError):
         teacher.ask(prompts)
     assert server.calls()["motor"] == 1 and server.calls()["fan"] == 1
-    assert teacher.metrics()["cache_hits"] == 2
+    assert teacher.run_stats()["cache_hits"] == 2
 
 
 def test_time_outs_are_retried(server, tmp_path):
@@ -104,7 +105,7 @@ def test_warm_rerun_makes_zero_calls(server, tmp_path):
         second = teacher.ask(prompts)
     assert len(server.requests) == 12
     assert [a.text for a in second] == [a.text for a in first]
-    metrics = teacher.metrics()
+    metrics = teacher.metrics() | teacher.run_stats()
     assert (metrics["calls"], metrics["cache_hits"], metrics["new_completion_tokens"]) == (0, 12, 0)
     assert metrics["completion_tokens"] == sum(a.completion_tokens for a in first)
 
@@ -195,7 +196,7 @@ def test_a_setup_error_stops_at_once_and_is_not_counted_as_prompt_failures(tmp_p
         pytest.raises(ValueError, match="must name a GGUF file"),
     ):
         teacher.ask([user("pump"), user("fan")])
-    assert teacher.metrics()["failures"] == 0
+    assert teacher.run_stats()["failures"] == 0
 
 
 def test_server_log_folder_is_created(tmp_path):
@@ -260,7 +261,7 @@ def test_real_local_server_answers_and_is_stopped(tmp_path):
         assert server.process.poll() is None and server.base_url.startswith("http://127.0.0.1:")
     assert server.process.poll() is not None  # stopped with the block
     assert all(a.ok and a.text.strip() and 0 < a.completion_tokens <= 32 for a in answers)
-    assert teacher.metrics()["calls"] == 2
+    assert teacher.run_stats()["calls"] == 2
 
     with (
         pytest.raises(RuntimeError, match="the stage failed"),

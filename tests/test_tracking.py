@@ -80,3 +80,36 @@ def test_finish_stage_logs_into_the_run_in_progress(store, tmp_path):
     stored = mlflow.MlflowClient(store).get_run(run.info.run_id)
     assert stored.data.metrics == {"steps": 2} and stored.data.params == {"lora.r": "8"}
     assert len(mlflow.MlflowClient(store).search_runs([run.info.experiment_id])) == 1
+
+
+def test_finish_stage_keeps_run_stats_out_of_the_file_and_logs_the_inputs(
+    store, tmp_path, monkeypatch, capsys
+):
+    from alia.tracking import finish_stage
+
+    monkeypatch.chdir(tmp_path)  # dvc.lock is read from the repository root, where DVC runs a stage
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "corpus.parquet").write_bytes(b"rows")
+    lock = {"stages": {"kd_qa": {"outs": [{"path": "data/corpus.parquet", "md5": "c" * 32}]}}}
+    (tmp_path / "dvc.lock").write_text(json.dumps(lock))
+    with start_run("train_student") as run:
+        finish_stage(
+            "train_student",
+            {"steps": 2},
+            "m.json",
+            run_stats={"runtime_s": 12.5, "teacher": {"calls": 3}},
+            inputs={"data/corpus.parquet": "training"},
+        )
+    assert json.loads((tmp_path / "m.json").read_text()) == {"steps": 2}
+    assert json.loads(capsys.readouterr().out.splitlines()[-1]) == {
+        "run": {"runtime_s": 12.5, "teacher": {"calls": 3}}
+    }
+    stored = mlflow.MlflowClient(store).get_run(run.info.run_id)
+    assert stored.data.metrics == {"steps": 2, "run.runtime_s": 12.5, "run.teacher.calls": 3}
+    (logged,) = stored.inputs.dataset_inputs
+    assert (logged.dataset.name, logged.dataset.digest, logged.dataset.source_type) == (
+        "data/corpus.parquet",
+        "c" * 32,
+        "local",
+    )
+    assert {t.key: t.value for t in logged.tags}["mlflow.data.context"] == "training"

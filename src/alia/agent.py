@@ -397,5 +397,4 @@ def summary_metrics(answers: pd.DataFrame) -> dict[str, float]:
         "steps": round(float(answers["steps"].mean()), 3),
         "step_errors": int(answers["step_errors"].sum()),
         "failures": int((answers["state"] != "success").sum()),
-        "seconds_per_question": round(float(answers["seconds"].mean()), 2),
     }

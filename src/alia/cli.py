@@ -102,7 +102,20 @@ def cmd_exp_sweeps(args: argparse.Namespace) -> int:
     return 0 if all(points.values()) else 1
 
 
+def cmd_plots_page(args: argparse.Namespace) -> int:
+    """Write the offline HTML page that `dvc plots show` fills (.dvc/config plots.html_template)."""
+    from pathlib import Path
+
+    from alia.report import offline_page
+
+    Path(args.out).write_text(offline_page(), encoding="utf-8")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    from alia import errors
+
+    errors.install()
     parser = argparse.ArgumentParser(prog="alia", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help=cmd_info.__doc__).set_defaults(func=cmd_info)
@@ -141,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     sweeps = exp_commands.add_parser("sweeps", help=cmd_exp_sweeps.__doc__)
     sweeps.add_argument("--out", default="metrics/sweeps", help="where the plot files and table go")
     sweeps.set_defaults(func=cmd_exp_sweeps)
+    page = sub.add_parser("plots-page", help=cmd_plots_page.__doc__)
+    page.add_argument("out", help="e.g. .dvc/offline_plots.html")
+    page.set_defaults(func=cmd_plots_page)
     args, rest = parser.parse_known_args(argv)
     args.dvc_args = rest  # what `alia` does not know goes to `dvc exp run`
     if args.dvc_args and args.func is not cmd_exp_run:

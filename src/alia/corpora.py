@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from datasketch import MinHash, MinHashLSH
 
+from alia.tables import read_parquet
 from alia.vocabulary import LABEL_SEPARATOR, Canonicaliser, normalise_text
 
 RELATIONS = ("asset_sensor", "asset_failure_mode", "asset_sensor_failure_mode")
@@ -271,7 +272,7 @@ def _corpus_files(path: Path) -> list[Path]:
 
 def read_corpus(path: str | Path) -> pd.DataFrame:
     """A corpus Parquet file, or every Parquet file of a folder (e.g. the four kd_rephrase styles)."""
-    return pd.concat([pd.read_parquet(f) for f in _corpus_files(Path(path))], ignore_index=True)
+    return pd.concat([read_parquet(f) for f in _corpus_files(Path(path))], ignore_index=True)
 
 
 def corpus_batches(path: str | Path, batch_size: int = 1000) -> Iterator[pd.DataFrame]:

@@ -20,6 +20,8 @@ import torch
 from scipy import stats
 from sentence_transformers.base.sampler import DefaultBatchSampler
 
+from alia.models import require_model
+
 # contrastive: labelled pairs, no in-batch negatives; the others rank a query's positive above the
 # batch's other items (mnrl; cached_mnrl, the same with large batches in small memory; gist, which
 # skips in-batch items that the pretrained model, its guide, scores above the positive)
@@ -325,7 +327,9 @@ def train_embedder(
     training = params["training"]  # SentenceTransformerTrainingArguments fields
     torch.manual_seed(training["seed"])
     # A causal LM checkpoint (e.g. models/pretrained/student_instruct) loads with last-token pooling
-    model = SentenceTransformer(str(base_model), device="cuda" if torch.cuda.is_available() else "cpu")
+    model = SentenceTransformer(
+        str(require_model(base_model)), device="cuda" if torch.cuda.is_available() else "cpu"
+    )
     if params.get("lora"):  # decoder embedders: train a LoRA adapter, the base stays frozen
         from peft import LoraConfig
 

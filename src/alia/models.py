@@ -25,6 +25,20 @@ from typing import Any
 
 PACKAGE_PREFIX = "package:"
 SOURCE_FILE = "alia_source.json"  # provenance written beside each prepared checkpoint
+# What a saved transformers, PEFT or sentence-transformers model folder holds
+MODEL_FILES = ("config.json", "adapter_config.json", "modules.json")
+
+
+def require_model(path: str | Path) -> Path:
+    """A model folder a stage was given. A missing one is reported as such: transformers would take
+    the path for a hub model id and fail on that instead."""
+    path = Path(path)
+    if not any((path / name).exists() for name in MODEL_FILES):
+        raise FileNotFoundError(
+            f"{path}: no model there (expected one of {', '.join(MODEL_FILES)}); "
+            "`dvc repro` (or `dvc pull`) makes it"
+        )
+    return path
 
 
 @dataclass

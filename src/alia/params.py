@@ -25,7 +25,7 @@ def load_params(section: str, path: str | Path = "params.yaml") -> dict[str, Any
     """One stage's section of params.yaml (DVC runs stages from the repository root)."""
     params = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_ParamsLoader) or {}  # noqa: S506
     if section not in params:
-        raise KeyError(f"{path} has no '{section}' section; sections: {sorted(params)}")
+        raise ValueError(f"{path}: no '{section}' section; sections: {sorted(params)}")
     return params[section]
 
 

@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from alia.mcqa import perturb, stratified_sample
+from alia.models import require_model
 
 INSTRUCTION = "Answer this question about industrial condition monitoring."
 GENERATIVE_INSTRUCTION = "Reply with the letter of the correct option only."
@@ -165,7 +166,7 @@ def _chat(tokenizer: PreTrainedTokenizerBase, content: str) -> str:
 def load_model(path: str | Path, dtype: str = "bfloat16") -> tuple[Any, PreTrainedTokenizerBase]:
     """A prepared checkpoint, or a LoRA adapter folder on top of the base it names, merged into it:
     an unmerged adapter scores at half its base's speed."""
-    path = Path(path)
+    path = require_model(path)
     torch_dtype = getattr(torch, dtype)
     if (path / "adapter_config.json").exists():
         from peft import PeftConfig, PeftModel

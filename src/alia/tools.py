@@ -16,10 +16,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import pandas as pd
 import torch
 
 from alia.embed_tasks import INSTRUCTIONS, build_query, description_lookup
+from alia.models import require_model
+from alia.tables import read_parquet
 
 # The tasks with an agent use, by the name of the function that serves them.
 TOOL_TASKS = {
@@ -48,7 +49,7 @@ class EmbedderTools:
 
         if k < 1:
             raise ValueError(f"k {k}: expected at least 1")
-        tasks = pd.read_parquet(tasks_file, columns=["task", "candidates"])
+        tasks = read_parquet(tasks_file, columns=["task", "candidates"])
         self.items = {
             task: sorted({c for cs in group["candidates"] for c in cs})
             for task, group in tasks.groupby("task")
@@ -61,11 +62,11 @@ class EmbedderTools:
             if descriptions_file is None:
                 raise ValueError("augment needs descriptions_file (embed_tasks' descriptions.parquet)")
             self.descriptions = description_lookup(
-                pd.read_parquet(descriptions_file, columns=["entity", "description"])
+                read_parquet(descriptions_file, columns=["entity", "description"])
             )
         self.k, self.min_score = k, min_score
         self.model = SentenceTransformer(
-            str(model_dir), device="cuda" if torch.cuda.is_available() else "cpu"
+            str(require_model(model_dir)), device="cuda" if torch.cuda.is_available() else "cpu"
         )
         self._embeddings: dict[str, torch.Tensor] = {}  # item text -> embedding, computed once
 

@@ -1,5 +1,5 @@
-"""How every stage ends (`finish_stage`: metrics and plots as files, the numbers in MLflow), and the
-MLflow plumbing behind it.
+"""How every stage ends (`finish_stage`: metrics and plots as files, the numbers, the run's own counts
+and the input datasets in MLflow) or fails (alia.errors: one line), and the MLflow plumbing behind it.
 
 By default runs go to a sqlite store in the repository (`mlflow.db`, ignored by git), so
 `mlflow ui --backend-store-uri sqlite:///mlflow.db` shows them; set MLFLOW_TRACKING_URI to use a
@@ -13,10 +13,18 @@ import json
 import os
 import re
 import subprocess
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
+
+import yaml
+
+from alia import errors
+
+# Every stage imports this module: a known failure prints one line, not a traceback.
+errors.install()
 
 EXPERIMENT = "alia"
 # MLflow rejects param values longer than this.
@@ -118,6 +126,16 @@ def start_run(
         yield run
 
 
+def trace_agent() -> None:
+    """From now on, the agent's runs, steps and tool calls (smolagents) and the endpoint calls behind
+    them (openai) are MLflow traces, in the run in progress: the UI's Traces view. An answer the
+    response cache already holds makes no call, so it shows as the agent's step alone."""
+    import mlflow
+
+    mlflow.smolagents.autolog(silent=True)
+    mlflow.openai.autolog(silent=True)
+
+
 # --- how every stage ends ----------------------------------------------------------------------
 
 _METRIC_NAME = re.compile(r"[^\w\-./ ]")  # what MLflow allows in a metric name
@@ -141,6 +159,41 @@ def write_json(path: str | Path, content: Any) -> None:
     path.write_text(json.dumps(content, indent=2) + "\n")
 
 
+def dvc_digest(path: str | Path, lock_file: str | Path = "dvc.lock") -> str | None:
+    """The hash dvc.lock records for the output `path` (or the output folder that holds it); None for a
+    path that no stage has written yet. DVC writes each stage's lock entry as soon as the stage ends,
+    so a stage reads its inputs' hashes from the stages that ran before it."""
+    lock_file = Path(lock_file)
+    if not lock_file.exists():
+        return None
+    hashes = {
+        out["path"]: out.get("md5") or out.get("hash")
+        for stage in (yaml.safe_load(lock_file.read_text()) or {}).get("stages", {}).values()
+        for out in stage.get("outs", [])
+    }
+    path = Path(path)
+    for candidate in (path, *path.parents):
+        if candidate.as_posix() in hashes:
+            return hashes[candidate.as_posix()]
+    return None
+
+
+def log_inputs(inputs: dict[str | Path, str]) -> None:
+    """Each input path as an MLflow dataset of the active run (the UI's Datasets column): named by its
+    path, its digest the DVC hash, tagged with its context (training, validation, evaluation)."""
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    for path, context in inputs.items():
+        with warnings.catch_warnings():  # two registered local-file sources resolve it alike
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(Path(path).resolve().as_uri())
+        digest = dvc_digest(path)
+        dataset = MetaDataset(source, name=Path(path).as_posix(), digest=digest[:36] if digest else None)
+        mlflow.log_input(dataset, context=context)
+
+
 def finish_stage(
     stage: str,
     metrics: dict[str, Any],
@@ -150,24 +203,34 @@ def finish_stage(
     teacher: Any = None,
     variant: str | None = None,
     artifacts: Sequence[str | Path] = (),
+    run_stats: dict[str, Any] | None = None,
+    inputs: dict[str | Path, str] | None = None,
 ) -> None:
     """How every stage ends: its metrics JSON (with the `teacher`'s counts, if it used one) and its plot
     files written, every number logged to MLflow, the metrics printed.
 
-    MLflow gets them in the run in progress (a training stage opens its run before training, so that
-    the trainer logs its curves there), else in a new run of the stage with `params` (and the
+    `run_stats` are what only this run decides (seconds, a resumed step; the teacher's calls and cache
+    hits): MLflow and the printed line get them, the metrics file does not, so that `dvc metrics
+    diff` after a warm re-run is empty. `inputs` ({path: context}) are logged as MLflow datasets.
+    MLflow gets all of it in the run in progress (a training stage opens its run before training, so
+    that the trainer logs its curves there), else in a new run of the stage with `params` (and the
     teacher's settings) logged.
     """
     import mlflow  # imported here: it takes seconds, and only the end of a stage needs it
 
+    run_stats = dict(run_stats or {})
     if teacher is not None:
         metrics = {**metrics, "teacher": teacher.metrics()}
+        run_stats["teacher"] = teacher.run_stats()
         params = {stage: params or {}, "teacher": teacher.config.model_dump()}
     write_json(metrics_file, metrics)
     for path, rows in (plots or {}).items():
         write_json(path, rows)
     with nullcontext() if mlflow.active_run() else start_run(stage, params, variant=variant):
-        mlflow.log_metrics(numeric_leaves(metrics))
+        mlflow.log_metrics(numeric_leaves(metrics) | numeric_leaves(run_stats, "run."))
+        log_inputs(inputs or {})
         for artifact in artifacts:
             mlflow.log_artifact(str(artifact))
     print(json.dumps(metrics))
+    if run_stats:
+        print(json.dumps({"run": run_stats}))

@@ -1,0 +1,249 @@
+"""The run report, one self-contained HTML page, and the offline page that `dvc plots show` fills.
+
+Both carry Vega, Vega-Lite and vega-embed inlined from the vl-convert-python package, so that they
+render on a machine without internet (a plant network): DVC's own page loads them from a CDN.
+The report's charts are Vega-Lite specs built here from the stages' metrics files; its tables are
+plain HTML.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from alia.corpora import corpus_batches, corpus_texts
+
+# DVC's plot templates are Vega-Lite 5 specs; vega-embed compiles them with the inlined Vega-Lite.
+VEGA_LITE_VERSION = "5.21"
+PAGE = """<!DOCTYPE html>
+<html>
+<head>
+    {refresh_tag}
+    <meta charset="utf-8">
+    <title>{title}</title>
+    <script>{bundle}</script>
+    <style>
+        body {{ font-family: sans-serif; margin: 2em; }}
+        table {{ border-collapse: collapse; margin: 1em 0; }}
+        td, th {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }}
+        th:first-child, td:first-child {{ text-align: left; }}
+        blockquote {{ color: #444; max-width: 60em; }}
+    </style>
+</head>
+<body>
+    {plot_divs}
+</body>
+</html>"""
+
+
+def offline_page(title: str = "DVC Plot") -> str:
+    """An HTML page with the Vega libraries inlined and dvc-render's placeholders ({plot_divs},
+    {refresh_tag}); without a {scripts} placeholder DVC adds no CDN script tags."""
+    import vl_convert
+
+    bundle = vl_convert.javascript_bundle(
+        "window.vegaEmbed = vegaEmbed; window.vega = vega; window.vegaLite = vegaLite;",
+        vl_version=VEGA_LITE_VERSION,
+    )
+    # a literal "</script" inside the bundle would end the script element early
+    bundle = bundle.replace("</script", "<\\/script")
+    # the two placeholders stay for dvc-render to fill
+    placeholders = {"refresh_tag": "{refresh_tag}", "plot_divs": "{plot_divs}"}
+    return PAGE.format(title=html.escape(title), bundle=bundle, **placeholders)
+
+
+# --- building blocks --------------------------------------------------------------------------
+
+
+def chart(name: str, spec: dict[str, Any]) -> str:
+    """A Vega-Lite spec as a div that vega-embed draws (the same markup dvc-render writes)."""
+    spec = {"$schema": "https://vega.github.io/schema/vega-lite/v5.json", **spec}
+    return (
+        f'<div id="{name}" class="chart"></div>\n'
+        f"<script>vegaEmbed('#{name}', {json.dumps(spec)}, {{actions: false}});</script>"
+    )
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "<p>(nothing)</p>"
+    return pd.DataFrame(rows).to_html(index=False, escape=True, border=0, na_rep="")
+
+
+def interval(value: float, half_width: float | None) -> str:
+    return f"{value:.3f}" if half_width is None else f"{value:.3f} ± {half_width:.3f}"
+
+
+def _read(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+# --- the sections -------------------------------------------------------------------------------
+
+
+def corpora_section(corpus_stats: Path, corpus_paths: list[Path], sample_chars: int = 400) -> str:
+    stats = _read(corpus_stats)
+    rows = [{"corpus": name, **counts} for name, counts in stats.items()]
+    tokens = [
+        {"corpus": name, "tokenizer": key.removeprefix("tokens_"), "tokens": value}
+        for name, counts in stats.items()
+        for key, value in counts.items()
+        if key.startswith("tokens_")
+    ]
+    parts = ["<h2>Corpora</h2>", table(rows)]
+    parts.append(
+        chart(
+            "corpus_tokens",
+            {
+                "title": "tokens per corpus",
+                "data": {"values": tokens},
+                "mark": "bar",
+                "encoding": {
+                    "y": {"field": "corpus", "type": "nominal"},
+                    "x": {"field": "tokens", "type": "quantitative"},
+                    "yOffset": {"field": "tokenizer"},
+                    "color": {"field": "tokenizer", "type": "nominal"},
+                },
+            },
+        )
+    )
+    for path in corpus_paths:
+        name = path.name.removesuffix(".parquet")
+        first = next(corpus_batches(path, batch_size=1), None)  # a paper-scale corpus is not read whole
+        sample = corpus_texts(name, first)[0][:sample_chars] if first is not None and len(first) else ""
+        parts.append(f"<h3>{html.escape(name)}: a sample</h3><blockquote>{html.escape(sample)}…</blockquote>")
+    return "\n".join(parts)
+
+
+def kg_section(kg_metrics: Path) -> str:
+    counts = _read(kg_metrics)
+    rows = [
+        {"element": f"{group}: {name}", "count": value}
+        for group in ("nodes", "edges")
+        for name, value in counts[group].items()
+        if name != "total"
+    ]
+    spec = {
+        "title": "knowledge graph",
+        "data": {"values": rows},
+        "mark": "bar",
+        "encoding": {
+            "y": {"field": "element", "type": "nominal", "sort": None},
+            "x": {"field": "count", "type": "quantitative"},
+        },
+    }
+    totals = [
+        {"nodes": counts["nodes"]["total"], "edges": counts["edges"]["total"], **counts["edges_by_source"]}
+    ]
+    return "\n".join(["<h2>Knowledge graph</h2>", table(totals), chart("kg_counts", spec)])
+
+
+def loss_chart(name: str, title: str, rows: list[dict[str, Any]]) -> str:
+    spec = {
+        "title": title,
+        "data": {"values": rows},
+        "mark": {"type": "line", "point": True},
+        "encoding": {
+            "x": {"field": "step", "type": "quantitative"},
+            "y": {"field": "loss", "type": "quantitative", "scale": {"zero": False}},
+            "color": {"field": "run", "type": "nominal"},
+        },
+    }
+    return chart(name, spec)
+
+
+def training_section(student_curves: list[Path], embedder_curve: Path) -> str:
+    students = [{"run": path.stem, **point} for path in student_curves for point in _read(path)]
+    embedder = [{"run": "served seed", **point} for point in _read(embedder_curve)]
+    return "\n".join(
+        [
+            "<h2>Training</h2>",
+            loss_chart("student_loss", "student adapters: training loss", students),
+            loss_chart("embedder_loss", "embedder: training loss", embedder),
+        ]
+    )
+
+
+def mcqa_section(mcqa_metrics: list[Path], question_set: str = "d_eval", mode: str = "letter") -> str:
+    """Accuracy per model on selection and elimination questions, each with its 95% interval."""
+    points, rows = [], []
+    for path in mcqa_metrics:
+        scores = _read(path).get(question_set, {}).get(mode)
+        if not scores:
+            continue
+        row = {"model": path.stem, "questions": scores.get("questions_all")}
+        for form, label in (("sel", "selection"), ("el", "elimination")):
+            if f"acc_{form}" not in scores:
+                continue
+            accuracy, (low, high) = scores[f"acc_{form}"], scores[f"acc_{form}_ci95"]
+            points.append({"model": path.stem, "form": label, "accuracy": accuracy, "low": low, "high": high})
+            row[label] = f"{accuracy:.3f} [{low:.3f}, {high:.3f}]"
+        rows.append(row)
+    spec = {
+        "title": f"{question_set} accuracy ({mode} scoring), 95% intervals",
+        "data": {"values": points},
+        "facet": {"column": {"field": "form", "type": "nominal", "title": None}},
+        "spec": {
+            "layer": [
+                {
+                    "mark": "rule",
+                    "encoding": {
+                        "y": {"field": "model", "type": "nominal"},
+                        "x": {"field": "low", "type": "quantitative", "title": "accuracy"},
+                        "x2": {"field": "high"},
+                    },
+                },
+                {
+                    "mark": {"type": "point", "filled": True},
+                    "encoding": {
+                        "y": {"field": "model", "type": "nominal"},
+                        "x": {"field": "accuracy", "type": "quantitative"},
+                    },
+                },
+            ]
+        },
+    }
+    return "\n".join(["<h2>Multiple-choice questions</h2>", table(rows), chart("mcqa", spec)])
+
+
+def embedder_section(embedder_metrics: Path, metric: str = "map@100") -> str:
+    results = _read(embedder_metrics)
+    tasks = [task for task in results["finetuned"] if task != "macro"] + ["macro"]
+    rows, points = [], []
+    for task in tasks:
+        row = {"task": task, "queries": results["pretrained"][task].get("queries", "")}
+        for system in ("pretrained", "finetuned", "bm25"):
+            scores = results[system][task]
+            row[system] = interval(scores[metric], scores.get(f"{metric}_ci95"))
+            points.append({"task": task, "system": system, metric: scores[metric]})
+        diff = results["finetuned_minus_pretrained"][task]
+        row["finetuned - pretrained"] = interval(diff[metric], diff.get(f"{metric}_ci95"))
+        rows.append(row)
+    spec = {
+        "title": f"{metric} per task ({results['split']} split, {results['seeds']} seeds)",
+        "data": {"values": points},
+        "mark": "bar",
+        "encoding": {
+            "y": {"field": "task", "type": "nominal", "sort": None},
+            "x": {"field": metric, "type": "quantitative"},
+            "yOffset": {"field": "system"},
+            "color": {"field": "system", "type": "nominal"},
+        },
+    }
+    return "\n".join([f"<h2>Embedder ({metric})</h2>", table(rows), chart("embedder", spec)])
+
+
+def agent_section(agent_metrics: Path) -> str:
+    metrics = {k: v for k, v in _read(agent_metrics).items() if not isinstance(v, dict)}
+    return "\n".join(["<h2>Agent</h2>", table([metrics])])
+
+
+def write_report(sections: list[str], out_file: Path, title: str = "alia: the run") -> None:
+    page = offline_page(title).replace("{refresh_tag}", "")
+    body = "\n".join([f"<h1>{html.escape(title)}</h1>", *sections])
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    out_file.write_text(page.replace("{plot_divs}", body), encoding="utf-8")

@@ -1,0 +1,36 @@
+"""Stage report: one self-contained HTML page of the run (corpora, knowledge graph, training curves,
+multiple-choice accuracy with intervals, the embedder per task, the agent) that renders offline.
+
+python stages/report.py <report.html> --corpus-stats <json> --corpora <corpus>... --kg <json>
+    --student-curves <dir> --embedder-curve <json> --mcqa <dir> --embedder <json> --agent <json>
+"""
+
+import argparse
+from pathlib import Path
+
+from alia import errors, report
+
+errors.install()  # a known failure prints one line (the stages that end with alia.tracking get this there)
+
+parser = argparse.ArgumentParser()
+parser.add_argument("report_file", type=Path)
+parser.add_argument("--corpus-stats", type=Path, required=True)
+parser.add_argument("--corpora", type=Path, nargs="+", required=True)
+parser.add_argument("--kg", type=Path, required=True)
+parser.add_argument("--student-curves", type=Path, required=True, help="one loss curve per adapter")
+parser.add_argument("--embedder-curve", type=Path, required=True)
+parser.add_argument("--mcqa", type=Path, required=True, help="one metrics file per evaluated model")
+parser.add_argument("--embedder", type=Path, required=True)
+parser.add_argument("--agent", type=Path, required=True)
+args = parser.parse_args()
+
+sections = [
+    report.corpora_section(args.corpus_stats, args.corpora),
+    report.kg_section(args.kg),
+    report.training_section(sorted(args.student_curves.glob("*.json")), args.embedder_curve),
+    report.mcqa_section(sorted(args.mcqa.glob("*.json"))),
+    report.embedder_section(args.embedder),
+    report.agent_section(args.agent),
+]
+report.write_report(sections, args.report_file)
+print(f"wrote {args.report_file} ({args.report_file.stat().st_size / 1e6:.1f} MB)")
