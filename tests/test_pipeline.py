@@ -491,7 +491,7 @@ def test_embedder_and_agent_stages(project, tmp_path):
     original = params_file.read_text()
     params = yaml.safe_load(original)
     params["train_embedder"]["loss"] = "mnrl"
-    params["train_embedder"]["training"]["per_device_train_batch_size"] = 64
+    params["train_embedder"]["training"] |= {"per_device_train_batch_size": 64, "num_train_epochs": 1}
     params["train_embedder"]["seeds"] = [3, 4]
     params["eval_agent"] |= {"questions_per_kind": 1}
     with FakeOpenAI(agent_and_description_answer) as server:
