@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from alia.corpora import corpus_batches, corpus_texts
+from alia.tables import read_json
 
 # DVC's plot templates are Vega-Lite 5 specs; vega-embed compiles them with the inlined Vega-Lite.
 VEGA_LITE_VERSION = "5.21"
@@ -78,15 +79,11 @@ def interval(value: float, half_width: float | None) -> str:
     return f"{value:.3f}" if half_width is None else f"{value:.3f} ± {half_width:.3f}"
 
 
-def _read(path: Path) -> Any:
-    return json.loads(path.read_text())
-
-
 # --- the sections -------------------------------------------------------------------------------
 
 
 def corpora_section(corpus_stats: Path, corpus_paths: list[Path], sample_chars: int = 400) -> str:
-    stats = _read(corpus_stats)
+    stats = read_json(corpus_stats)
     rows = [{"corpus": name, **counts} for name, counts in stats.items()]
     tokens = [
         {"corpus": name, "tokenizer": key.removeprefix("tokens_"), "tokens": value}
@@ -120,7 +117,7 @@ def corpora_section(corpus_stats: Path, corpus_paths: list[Path], sample_chars: 
 
 
 def kg_section(kg_metrics: Path) -> str:
-    counts = _read(kg_metrics)
+    counts = read_json(kg_metrics)
     rows = [
         {"element": f"{group}: {name}", "count": value}
         for group in ("nodes", "edges")
@@ -157,8 +154,8 @@ def loss_chart(name: str, title: str, rows: list[dict[str, Any]]) -> str:
 
 
 def training_section(student_curves: list[Path], embedder_curve: Path) -> str:
-    students = [{"run": path.stem, **point} for path in student_curves for point in _read(path)]
-    embedder = [{"run": "served seed", **point} for point in _read(embedder_curve)]
+    students = [{"run": path.stem, **point} for path in student_curves for point in read_json(path)]
+    embedder = [{"run": "served seed", **point} for point in read_json(embedder_curve)]
     return "\n".join(
         [
             "<h2>Training</h2>",
@@ -172,7 +169,7 @@ def mcqa_section(mcqa_metrics: list[Path], question_set: str = "d_eval", mode: s
     """Accuracy per model on selection and elimination questions, each with its 95% interval."""
     points, rows = [], []
     for path in mcqa_metrics:
-        scores = _read(path).get(question_set, {}).get(mode)
+        scores = read_json(path).get(question_set, {}).get(mode)
         if not scores:
             continue
         row = {"model": path.stem, "questions": scores.get("questions_all")}
@@ -211,7 +208,7 @@ def mcqa_section(mcqa_metrics: list[Path], question_set: str = "d_eval", mode: s
 
 
 def embedder_section(embedder_metrics: Path, metric: str = "map@100") -> str:
-    results = _read(embedder_metrics)
+    results = read_json(embedder_metrics)
     tasks = [task for task in results["finetuned"] if task != "macro"] + ["macro"]
     rows, points = [], []
     for task in tasks:
@@ -238,7 +235,7 @@ def embedder_section(embedder_metrics: Path, metric: str = "map@100") -> str:
 
 
 def agent_section(agent_metrics: Path) -> str:
-    metrics = {k: v for k, v in _read(agent_metrics).items() if not isinstance(v, dict)}
+    metrics = {k: v for k, v in read_json(agent_metrics).items() if not isinstance(v, dict)}
     return "\n".join(["<h2>Agent</h2>", table([metrics])])
 
 
