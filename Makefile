@@ -50,7 +50,8 @@ lint: install
 # each, so pos_ratio 0.5 and augment_p 0.5 are not queued twice.
 # PYTHONPATH=src: a queued experiment runs in a copy of the repository, and must import that copy's
 # alia, not the editable install's. `alia exp sweeps` then collects the plots.
-SWEEP := dvc exp run --queue eval_embedder -S eval_embedder.split=validation
+SWEEP := dvc exp run --queue eval_embedder -S eval_embedder.split=validation -S train_embedder.training.num_train_epochs=1 \
+	-S train_embedder.per_task_batches=false
 REF := $(SWEEP) -S train_embedder.loss=contrastive
 sweeps: install
 	$(SWEEP) -S 'train_embedder.loss=contrastive,mnrl,cached_mnrl,gist'

@@ -118,14 +118,20 @@ def test_mined_negatives_are_hard_and_never_relevant(tasks):
     assert len(triplets) == sum(len(r) for r in train["relevant"])
 
 
-@pytest.mark.parametrize("loss", ["contrastive", "mnrl", "cached_mnrl", "gist"])
-def test_the_fine_tuned_model_reloads(tasks, tmp_path, loss):
+@pytest.mark.parametrize(
+    ("loss", "per_task_batches"),
+    [("contrastive", False), ("mnrl", False), ("cached_mnrl", False), ("gist", False), ("gist", True)],
+)
+def test_the_fine_tuned_model_reloads(tasks, tmp_path, loss, per_task_batches):
     small = tasks[tasks["task"].isin(["E2CAT", "FM2CLS"]) & (tasks["split"] == "train")]
     training = {"num_train_epochs": 1, "per_device_train_batch_size": 8, "learning_rate": 1e-4}
     params = {"loss": loss, "pos_ratio": 0.5, "negatives_per_query": 2, "margin": 0.5}
+    params |= {"per_task_batches": per_task_batches}
     params["training"] = training | {"warmup_steps": 0, "seed": 0}
     result = train_embedder(MINILM, small, tmp_path / "embedder", params)
     assert result["steps"] > 0 and len(result["losses"]) == result["steps"]
+    if loss != "contrastive":  # the in-batch losses train on the positive pairs, one dataset or one per task
+        assert result["pairs"] == sum(len(r) for r in small["relevant"])
     reloaded = SentenceTransformer(str(tmp_path / "embedder"))
     base = SentenceTransformer(str(MINILM))
     sentence = ["Which sensors detect bearing wear in a pump?"]
@@ -171,6 +177,12 @@ SELECTION = {  # params.yaml's checkpoint selection, every other step
 def small_params(seed: int, **training) -> dict:
     params = {"loss": "contrastive", "pos_ratio": 0.5, "negatives_per_query": 2, "margin": 0.5}
     return params | {"training": SMALL_TRAINING | {"seed": seed} | training}
+
+
+def test_per_task_batches_are_for_the_in_batch_losses(tasks, tmp_path):
+    train = tasks[tasks["split"] == "train"]
+    with pytest.raises(ValueError, match="per_task_batches"):
+        train_embedder(MINILM, train, tmp_path / "embedder", small_params(0) | {"per_task_batches": True})
 
 
 def test_training_refuses_the_test_split(tasks, tmp_path):

@@ -12,17 +12,31 @@ from conftest import REPO
 from alia.sweeps import difference, experiment_files, plot_rows, reference, summary_table, sweep_runs
 
 TASKS = ("A2S", "C2FM", "E2CAT", "E2CLT", "EU2SU", "FM2CLS", "FM2CMP", "FM2S", "S2FM")
-DEFAULTS = {  # params.yaml's: the default loss is not the sweeps' reference (contrastive)
+DEFAULTS = {  # params.yaml's: the default loss and epochs are not the sweeps' reference's (contrastive, 1)
     "embed_tasks": {"augment_p": 0.5},
-    "train_embedder": {"loss": "gist", "negatives": "random", "pos_ratio": 0.5, "margin": 0.5},
+    "train_embedder": {
+        "loss": "gist",
+        "negatives": "random",
+        "pos_ratio": 0.5,
+        "margin": 0.5,
+        "per_task_batches": True,
+        "training": {"num_train_epochs": 5, "learning_rate": 5e-5},
+    },
     "eval_embedder": {"split": "test"},
 }
 
 
-def run(augment_p=0.5, loss="contrastive", negatives="random", pos_ratio=0.5, map100=0.5, ci=0.1):
+def run(augment_p=0.5, loss="contrastive", negatives="random", pos_ratio=0.5, map100=0.5, ci=0.1, epochs=1):
     params = {
         "embed_tasks": {"augment_p": augment_p},
-        "train_embedder": {"loss": loss, "negatives": negatives, "pos_ratio": pos_ratio, "margin": 0.5},
+        "train_embedder": {
+            "loss": loss,
+            "negatives": negatives,
+            "pos_ratio": pos_ratio,
+            "margin": 0.5,
+            "per_task_batches": False,
+            "training": {"num_train_epochs": epochs, "learning_rate": 5e-5},
+        },
     }
     row = {"hit@1": map100, "map@100": map100, "ndcg@10": map100}
     row |= {f"{m}_ci95": ci for m in ("hit@1", "map@100", "ndcg@10")}
@@ -39,16 +53,23 @@ def test_a_sweep_holds_the_other_settings_at_their_defaults():
         run(negatives="hard"),
         run(pos_ratio=0.0),
         run(pos_ratio=0.125),
+        run(pos_ratio=0.25, epochs=5),  # the default's epochs, not the reference's: in no sweep
     ]
+    older = run(pos_ratio=0.875)  # from before per_task_batches existed: it trained with mixed batches
+    del older[0]["train_embedder"]["per_task_batches"]
+    runs.append(older)
     other_margin = run(map100=0.9)  # a setting no sweep varies, off its default: in no sweep
     other_margin[0]["train_embedder"]["margin"] = 1.0
     runs.insert(0, other_margin)
     ref = reference(DEFAULTS)
-    assert ref["train_embedder"]["loss"] == "contrastive" and ref["embed_tasks"] == DEFAULTS["embed_tasks"]
+    assert ref["train_embedder"]["loss"] == "contrastive" and not ref["train_embedder"]["per_task_batches"]
+    assert ref["embed_tasks"] == DEFAULTS["embed_tasks"]
+    # the nested training settings: the reference's epochs, every other field the default's
+    assert ref["train_embedder"]["training"] == {"num_train_epochs": 1, "learning_rate": 5e-5}
     swept = sweep_runs(runs, ref)
     assert [v for v, _ in swept["augment_p"]] == [0.2, 0.5]
     assert [v for v, _ in swept["loss"]] == ["contrastive", "contrastive, hard negatives", "gist"]
-    assert [v for v, _ in swept["pos_ratio"]] == [0.0, 0.125, 0.5]
+    assert [v for v, _ in swept["pos_ratio"]] == [0.0, 0.125, 0.5, 0.875]
     assert plot_rows("augment_p", swept["augment_p"]) == [
         {"augment_p": 0.2, "macro": 0.4, "A2S": 0.4},
         {"augment_p": 0.5, "macro": 0.5, "A2S": 0.5},

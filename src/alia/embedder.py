@@ -311,7 +311,7 @@ def train_embedder(
     `out_dir`. With `training.eval_strategy` set, `validation_evaluator` scores the checkpoints and
     `load_best_model_at_end` keeps the best. `tasks` must not hold the test split. Returns the loss
     per step, the validation score per evaluation and the best one."""
-    from datasets import Dataset
+    from datasets import Dataset, DatasetDict
     from sentence_transformers import (
         SentenceTransformer,
         SentenceTransformerTrainer,
@@ -340,7 +340,24 @@ def train_embedder(
     mined = None
     if negatives == "hard":  # mined with the model as it starts, before any training step
         mined = hard_negatives(tasks, model, params["negatives_per_query"], params["relative_margin"])
-    pairs = training_pairs(tasks, params["loss"], params["negatives_per_query"], training["seed"], mined)
+    by_task = params.get("per_task_batches", False)
+    if by_task and params["loss"] == "contrastive":
+        raise ValueError(
+            "train_embedder.per_task_batches: for the in-batch losses (mnrl, cached_mnrl, gist); "
+            "contrastive batches are made by pos_ratio"
+        )
+    # per_task_batches: one dataset per task, so that a batch never mixes tasks and its in-batch
+    # negatives are items of the query's own task (training.multi_dataset_batch_sampler: how the
+    # tasks' batches alternate); otherwise a batch's other items are mostly other tasks', easy to tell
+    # apart from the positive
+    groups = tasks.groupby("task", sort=True) if by_task else [("all", tasks)]
+    pairs = {
+        task: training_pairs(group, params["loss"], params["negatives_per_query"], training["seed"], mined)
+        for task, group in groups
+    }
+    train_dataset = DatasetDict(
+        {task: Dataset.from_pandas(p, preserve_index=False) for task, p in pairs.items()}
+    )
     sampler = BatchSamplers.NO_DUPLICATES  # an in-batch negative must not be another positive
     if params["loss"] == "contrastive":
         loss = losses.ContrastiveLoss(model, margin=params["margin"])
@@ -368,7 +385,7 @@ def train_embedder(
         trainer = SentenceTransformerTrainer(
             model=model,
             args=args,
-            train_dataset=Dataset.from_pandas(pairs, preserve_index=False),
+            train_dataset=train_dataset if by_task else train_dataset["all"],
             loss=loss,
             evaluator=evaluator,
         )
@@ -380,7 +397,7 @@ def train_embedder(
     history = trainer.state.log_history
     best = trainer.state.best_model_checkpoint  # .../checkpoint-<step>; None without selection
     return {
-        "pairs": len(pairs),
+        "pairs": sum(map(len, pairs.values())),
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "steps": trainer.state.global_step,
         "best_step": int(best.rsplit("-", 1)[1]) if best else trainer.state.global_step,
