@@ -1,6 +1,8 @@
 """The embedder sweeps' collection: which experiments make a sweep, the plot rows, the differences."""
 
+import copy
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +11,15 @@ import pytest
 import yaml
 from conftest import REPO
 
-from alia.sweeps import difference, experiment_files, plot_rows, reference, summary_table, sweep_runs
+from alia.sweeps import (
+    difference,
+    experiment_files,
+    plot_rows,
+    reference,
+    settings,
+    summary_table,
+    sweep_runs,
+)
 
 TASKS = ("A2S", "C2FM", "E2CAT", "E2CLT", "EU2SU", "FM2CLS", "FM2CMP", "FM2S", "S2FM")
 DEFAULTS = {  # params.yaml's: the default loss and epochs are not the sweeps' reference's (contrastive, 1)
@@ -130,3 +140,20 @@ def test_the_committed_sweep_plots_render():
     assert (
         len({r["task"].split(": ")[1] for r in bars}) == 5
     )  # contrastive (random, hard), mnrl, cached_mnrl, gist
+
+
+def test_make_sweeps_queues_the_reference_that_alia_exp_sweeps_compares_against():
+    """The Makefile's SWEEP and REF flags, applied to params.yaml, are alia.sweeps.REFERENCE: else the
+    queued experiments would fall outside every sweep (as a 5-epoch default once made them)."""
+    makefile = (REPO / "Makefile").read_text().replace("\\\n", " ")
+    lines = {name: re.search(rf"^{name} := (.*)$", makefile, re.M).group(1) for name in ("SWEEP", "REF")}
+    flags = re.findall(r"-S (\S+)=(\S+)", lines["SWEEP"] + " " + lines["REF"])
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    queued = copy.deepcopy(params)
+    for key, value in flags:
+        *path, last = key.split(".")
+        section = queued
+        for part in path:
+            section = section[part]
+        section[last] = yaml.safe_load(value)
+    assert settings(queued) == settings(reference(params))
