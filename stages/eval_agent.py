@@ -19,9 +19,10 @@ from alia.agent import (
 )
 from alia.params import load_params
 from alia.tables import read_parquet
-from alia.tracking import finish_stage, start_run, trace_agent
+from alia.tracking import check_outputs, finish_stage, start_run, trace_agent
 
 embedder_dir, tasks_file, descriptions_file, out_dir, cache, metrics_file = map(Path, sys.argv[1:7])
+check_outputs(out_dir, cache, metrics_file)  # an unwritable folder stops it now
 params, agent_params = load_params("eval_agent"), load_params("agent")
 tasks = read_parquet(tasks_file)
 

@@ -16,9 +16,10 @@ from alia.embedder import bm25_metrics, embedder_metrics, macro_average, over_se
 from alia.models import require_model
 from alia.params import load_params
 from alia.tables import read_parquet
-from alia.tracking import finish_stage
+from alia.tracking import check_outputs, finish_stage
 
 pretrained_dir, seeds_dir, tasks_file, metrics_file, table_file, plot_file = map(Path, sys.argv[1:7])
+check_outputs(metrics_file, table_file, plot_file)  # an unwritable folder stops it now
 params = load_params("eval_embedder")
 seeds = load_params("train_embedder")["seeds"]
 tasks = read_parquet(tasks_file)

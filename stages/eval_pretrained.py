@@ -9,16 +9,20 @@ import sys
 from pathlib import Path
 
 from alia.params import load_params
+from alia.precision import report, resolve_dtype
 from alia.scoring import evaluate_model
 from alia.tables import read_parquet
-from alia.tracking import finish_stage, start_run, write_json
+from alia.tracking import check_outputs, finish_stage, start_run, write_json
 
 name = sys.argv[1]
 model_dir, eval_dir, metrics_file, breakdown_file, predictions_file = map(Path, sys.argv[2:7])
+check_outputs(metrics_file, breakdown_file, predictions_file)  # an unwritable folder stops it now
 params = load_params("mcqa")
+params["dtype"] = resolve_dtype(params["dtype"])  # auto: by the hardware (alia.precision)
+precision = report(f"eval_pretrained@{name}", dtype=params["dtype"])
 question_sets = {path.stem: read_parquet(path) for path in sorted(eval_dir.glob("*.parquet"))}
 
-with start_run("eval_pretrained", params | {"model": str(model_dir)}, variant=name):
+with start_run("eval_pretrained", params | {"precision": precision, "model": str(model_dir)}, variant=name):
     metrics, breakdown, predictions = evaluate_model(model_dir, question_sets, params, desc=name)
     write_json(breakdown_file, breakdown)
     predictions_file.parent.mkdir(parents=True, exist_ok=True)

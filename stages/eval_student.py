@@ -12,17 +12,23 @@ import sys
 from pathlib import Path
 
 from alia.params import load_params
+from alia.precision import report, resolve_dtype
 from alia.scoring import compare_with_base, evaluate_model
 from alia.tables import read_parquet
-from alia.tracking import finish_stage, start_run, write_json
+from alia.tracking import check_outputs, finish_stage, start_run, write_json
 
 variant = sys.argv[1]
 adapter_dir, eval_dir, base_file, metrics_file, breakdown_file, predictions_file = map(Path, sys.argv[2:8])
+check_outputs(metrics_file, breakdown_file, predictions_file)  # an unwritable folder stops it now
 params = load_params("mcqa")
+params["dtype"] = resolve_dtype(params["dtype"])  # auto: by the hardware (alia.precision)
+precision = report(f"eval_student@{variant}", dtype=params["dtype"])
 config = load_params("train_student")["variants"][variant]
 question_sets = {path.stem: read_parquet(path) for path in sorted(eval_dir.glob("*.parquet"))}
 
-with start_run("eval_student", params | {"model": str(adapter_dir), **config}, variant=variant):
+with start_run(
+    "eval_student", params | {"precision": precision, "model": str(adapter_dir), **config}, variant=variant
+):
     metrics, breakdown, predictions = evaluate_model(adapter_dir, question_sets, params, desc=variant)
     # a positive control was trained on D_eval itself: labelled, so that no table takes it for a result
     metrics = {"base": config["student"], "leak": bool(config.get("leak", False)), **metrics}

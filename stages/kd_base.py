@@ -13,9 +13,10 @@ from alia.generation import ask_rows_in_chunks, stage_teacher
 from alia.params import load_params
 from alia.prompts import load_prompt
 from alia.tables import read_parquet, read_table
-from alia.tracking import finish_stage
+from alia.tracking import check_outputs, finish_stage
 
 tables_dir, discovery_dir, relevance_dir, out_file, cache, metrics_file = map(Path, sys.argv[1:7])
+check_outputs(out_file, cache, metrics_file)  # an unwritable folder stops it now
 params = load_params("kd_base")
 
 sensors = read_parquet(discovery_dir / "sensors.parquet")

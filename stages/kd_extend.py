@@ -17,11 +17,12 @@ from alia.generation import ask_rows, ask_rows_in_chunks, stage_teacher
 from alia.params import load_params
 from alia.prompts import load_prompt
 from alia.tables import read_parquet, read_tables
-from alia.tracking import finish_stage
+from alia.tracking import check_outputs, finish_stage
 from alia.vocabulary import Canonicaliser
 
 tables_dir, discovery_dir, relevance_dir, base_file, rules_file = map(Path, sys.argv[1:6])
 out_file, entities_file, cache, metrics_file = map(Path, sys.argv[6:10])
+check_outputs(out_file, entities_file, cache, metrics_file)  # an unwritable folder stops it now
 params = load_params("kd_extend")
 
 # A key entity that names a sensor or failure mode of the graph as Phase I left it is that node

@@ -12,9 +12,10 @@ from alia.generation import ask_rows, stage_teacher
 from alia.params import load_params
 from alia.prompts import load_prompt
 from alia.tables import read_parquet
-from alia.tracking import finish_stage
+from alia.tracking import check_outputs, finish_stage
 
 base_file, qa_file, raft_file, cache, metrics_file = map(Path, sys.argv[1:6])
+check_outputs(qa_file, raft_file, cache, metrics_file)  # an unwritable folder stops it now
 params = load_params("kd_qa")
 
 items = qa_items(read_parquet(base_file), params["documents"], params["min_pairs"])

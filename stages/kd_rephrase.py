@@ -11,10 +11,11 @@ from alia.generation import ask_rows_in_chunks, stage_teacher
 from alia.params import load_params
 from alia.prompts import load_prompt
 from alia.tables import read_parquet
-from alia.tracking import finish_stage
+from alia.tracking import check_outputs, finish_stage
 
 style = sys.argv[1]
 base_file, out_file, cache, metrics_file = map(Path, sys.argv[2:6])
+check_outputs(out_file, cache, metrics_file)  # an unwritable folder stops it now
 params = load_params("kd_rephrase")
 
 items = rephrase_items(read_parquet(base_file), style, params["documents"])

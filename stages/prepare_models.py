@@ -10,13 +10,14 @@ import sys
 from alia import errors
 from alia.models import prepare_causal_lm, prepare_embedder
 from alia.params import load_params
+from alia.precision import resolve_dtype
 
 errors.install()  # a known failure prints one line (the stages that end with alia.tracking get this there)
 role, out_dir = sys.argv[1], sys.argv[2]
 params = load_params("prepare_models")[role]
 
 if params["kind"] == "causal_lm":
-    info = prepare_causal_lm(params["source"], out_dir, dtype=params["dtype"])
+    info = prepare_causal_lm(params["source"], out_dir, dtype=resolve_dtype(params["dtype"]))
 elif params["kind"] == "sentence_transformer":
     info = prepare_embedder(params["source"], out_dir)
 else:

@@ -11,9 +11,10 @@ from alia.params import load_params
 from alia.phase1 import check_relevance, relevance_items
 from alia.prompts import load_prompt
 from alia.tables import read_parquet, read_table
-from alia.tracking import finish_stage
+from alia.tracking import check_outputs, finish_stage
 
 tables_dir, discovery_dir, out_dir, cache, metrics_file = map(Path, sys.argv[1:6])
+check_outputs(out_dir, cache, metrics_file)  # an unwritable folder stops it now
 params = load_params("relevance_check")
 
 items = relevance_items(

@@ -2,7 +2,8 @@
 multiple-choice accuracy with intervals, the embedder per task, the agent) that renders offline.
 
 python stages/report.py <report.html> --corpus-stats <json> --corpora <corpus>... --kg <json>
-    --student-curves <dir> --embedder-curve <json> --mcqa <dir> --embedder <json> --agent <json>
+    --teacher <json or dir>... --student-curves <dir> --embedder-curve <json> --mcqa <dir>
+    --embedder <json> --agent <json>
 """
 
 import argparse
@@ -17,6 +18,7 @@ parser.add_argument("report_file", type=Path)
 parser.add_argument("--corpus-stats", type=Path, required=True)
 parser.add_argument("--corpora", type=Path, nargs="+", required=True)
 parser.add_argument("--kg", type=Path, required=True)
+parser.add_argument("--teacher", type=Path, nargs="+", required=True, help="the teacher stages' metrics")
 parser.add_argument("--student-curves", type=Path, required=True, help="one loss curve per adapter")
 parser.add_argument("--embedder-curve", type=Path, required=True)
 parser.add_argument("--mcqa", type=Path, required=True, help="one metrics file per evaluated model")
@@ -26,6 +28,7 @@ args = parser.parse_args()
 
 sections = [
     report.corpora_section(args.corpus_stats, args.corpora),
+    report.teacher_section(args.teacher),
     report.kg_section(args.kg),
     report.training_section(sorted(args.student_curves.glob("*.json")), args.embedder_curve),
     report.mcqa_section(sorted(args.mcqa.glob("*.json"))),

@@ -11,10 +11,11 @@ from alia.params import load_params
 from alia.phase1 import discover_sensors, extend_vocabulary
 from alia.prompts import load_prompt
 from alia.tables import read_tables
-from alia.tracking import finish_stage
+from alia.tracking import check_outputs, finish_stage
 from alia.vocabulary import Canonicaliser
 
 tables_dir, rules_file, out_dir, cache, metrics_file = map(Path, sys.argv[1:6])
+check_outputs(out_dir, cache, metrics_file)  # an unwritable folder stops it now
 params = load_params("sensor_discovery")
 
 tables = read_tables(tables_dir)

@@ -14,17 +14,22 @@ import mlflow
 from alia.cards import write_embedder_card
 from alia.embedder import train_embedder
 from alia.params import load_params
+from alia.precision import report, resolve_bf16
 from alia.tables import read_parquet
-from alia.tracking import finish_stage, start_run
+from alia.tracking import check_outputs, finish_stage, start_run
 
 pretrained_dir, tasks_file, out_dir, seeds_dir, metrics_file, plot_file = map(Path, sys.argv[1:7])
+check_outputs(out_dir, seeds_dir, metrics_file, plot_file)  # an unwritable folder stops it now
 params = load_params("train_embedder")
+# `auto`: bf16 mixed precision where the hardware computes it natively, else float32 (alia.precision)
+params["training"]["bf16"] = resolve_bf16(params["training"].get("bf16", False))
+precision = report("train_embedder", bf16=params["training"]["bf16"])
 tasks = read_parquet(tasks_file)
 tasks = tasks[tasks["split"] != "test"]  # the test split is eval_embedder's, read once
 
 results, run_stats = {}, {}
 # under their section's name: the Trainer's MLflow callback logs its own learning_rate, seed, ...
-with start_run("train_embedder", {"train_embedder": params}):
+with start_run("train_embedder", {"train_embedder": params, "precision": precision}):
     for seed in params["seeds"]:
         seed_params = params | {"training": params["training"] | {"seed": seed}}
         with mlflow.start_run(run_name=f"seed-{seed}", nested=True):

@@ -14,14 +14,21 @@ from accelerate import PartialState
 from alia.cards import write_adapter_card
 from alia.corpora import read_corpus
 from alia.params import load_params
+from alia.precision import report, resolve_bf16, resolve_dtype
 from alia.student import train_adapter, training_examples
-from alia.tracking import finish_stage, start_run
+from alia.tracking import check_outputs, finish_stage, start_run
 
 variant = sys.argv[1]
 corpus, pretrained_dir, out_dir, checkpoint_dir, metrics_file, plot_file = map(Path, sys.argv[2:8])
+check_outputs(out_dir, checkpoint_dir, metrics_file, plot_file)  # an unwritable folder stops it now
 params = load_params("train_student")
 config = params["variants"][variant]
 state = PartialState()  # the process group `accelerate launch` set up (one CPU process by default)
+# `auto`: bf16 where the hardware computes it natively, else float32 (alia.precision)
+sft = params["sft"] | config.get("sft", {})
+sft["bf16"] = resolve_bf16(sft.get("bf16", False))
+dtype = resolve_dtype(params["dtype"])
+precision = report(f"train_student@{variant}", dtype=dtype, bf16=sft["bf16"]) if state.is_main_process else {}
 
 examples, counts = training_examples(
     read_corpus(corpus),
@@ -30,7 +37,14 @@ examples, counts = training_examples(
     params["documents"] or None,
     params["sft"]["seed"],
 )
-run_params = {**{k: v for k, v in params.items() if k != "variants"}, **config, **counts}
+# the settings as resolved here (the card's too); which machine chose them goes to MLflow alone
+run_params = {
+    **{k: v for k, v in params.items() if k != "variants"},
+    **config,
+    **counts,
+    "dtype": dtype,
+    "sft": sft,
+}
 
 
 def train() -> dict:
@@ -41,15 +55,15 @@ def train() -> dict:
         out_dir,
         checkpoint_dir,
         params["lora"] | config.get("lora", {}),  # a variant may carry its own recipe (configs/controls.yaml)
-        params["sft"] | config.get("sft", {}),
-        dtype=params["dtype"],
+        sft,
+        dtype=dtype,
         report_to=["mlflow"] if state.is_main_process else [],
     )
 
 
 if state.is_main_process:
     # the run is open while training, so that the trainer logs its loss curve into it
-    with start_run("train_student", run_params, variant=variant):
+    with start_run("train_student", run_params | {"precision": precision}, variant=variant):
         result = train()
         run_stats = {k: result.pop(k) for k in ("runtime_s", "resumed_from_step")}
         metrics = {k: v for k, v in result.items() if k != "losses"} | counts

@@ -20,6 +20,8 @@ from conftest import REPO
 from fake_openai import FakeOpenAI
 from huggingface_hub import ModelCard
 
+from alia.precision import device, resolve_dtype
+
 PROJECT_FILES = [
     "dvc.yaml",
     "params.yaml",
@@ -396,6 +398,10 @@ def test_student_training_and_evaluation_stages(project):
     ):  # build_eval ran before
         assert f"Running stage '{stage}'" in out
     assert "eval_pretrained@student_pt" not in out
+    # precision by the hardware (params.yaml: auto): said by the stage, and what it trained with
+    dtype = resolve_dtype("auto")
+    assert f"train_student@kd_qa: precision device={device()}, native_bf16={dtype == 'bfloat16'}" in out
+    assert f"dtype={dtype}, bf16={dtype == 'bfloat16'}" in out
 
     d_eval = pd.read_parquet(project / "data" / "eval" / "questions" / "d_eval.parquet")
     expert = pd.read_parquet(project / "data" / "eval" / "questions" / "expert.parquet")
@@ -444,6 +450,7 @@ def test_student_training_and_evaluation_stages(project):
         "tags.`alia.stage` = 'train_student' and tags.`alia.variant` = 'kd_qa'",
     )
     assert len(runs) == 1 and runs[0].data.params["lora.r"] == "8"
+    assert (runs[0].data.params["precision.dtype"], runs[0].data.params["dtype"]) == (dtype, dtype)
     assert len(client.get_metric_history(runs[0].info.run_id, "loss")) == 2  # the loss curve, per step
     (corpus,) = runs[0].inputs.dataset_inputs  # the Datasets column: the corpus, by its DVC hash
     lock = yaml.safe_load((project / "dvc.lock").read_text())

@@ -1,6 +1,5 @@
 from pathlib import Path
 
-import jinja2
 import pytest
 from conftest import REPO
 
@@ -42,8 +41,14 @@ def test_rendering_and_missing_variables():
         "Failure mode: bearing wear",
         "Sensor: oil debris",
     ]
-    with pytest.raises(jinja2.UndefinedError, match="'sensor' is undefined"):
+    # a prompt-file error, in one line: the file, the variable, and what the stage provides
+    expected = (
+        f"{PROMPTS / 'relevance_check.yaml'}: template error: 'sensor' is undefined; "
+        "the stage provides ['equipment_class', 'failure_mode']"
+    )
+    with pytest.raises(ValueError) as raised:
         prompt.messages(equipment_class="Pumps", failure_mode="bearing wear")
+    assert str(raised.value) == expected
 
 
 def test_kd_base_relations():

@@ -1,6 +1,7 @@
 """Pictures that render offline: `dvc plots show` and the report stage, looked at the way a person would,
 in headless Chromium with every host name unresolvable (no CDN can be reached)."""
 
+import io
 import os
 import re
 import shutil
@@ -13,6 +14,7 @@ import pytest
 from conftest import REPO
 
 from alia.report import offline_page
+from alia.tables import read_json
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(
@@ -85,6 +87,7 @@ def test_the_report_draws_its_charts_offline(tmp_path):
         [sys.executable, REPO / "stages" / "report.py", report,
          "--corpus-stats", metrics / "corpus_stats.json",
          "--corpora", corpora / "kd_base.parquet", corpora / "kd_qa.parquet", "--kg", metrics / "kg.json",
+         "--teacher", metrics / "relevance_check.json", metrics / "kd_rephrase",
          "--student-curves", metrics / "plots" / "train_student",
          "--embedder-curve", metrics / "plots" / "train_embedder.json", "--mcqa", metrics / "mcqa",
          "--embedder", metrics / "embedder.json", "--agent", metrics / "agent.json"],
@@ -92,5 +95,11 @@ def test_the_report_draws_its_charts_offline(tmp_path):
     )  # fmt: skip
     text = report.read_text(encoding="utf-8")
     assert "Cavitation in a centrifugal pump" in text and "Which sensor sees cavitation?" in text
+    # the teacher's parse rate per stage, a folder of variants as stage@variant
+    teacher = pd.read_html(io.StringIO(text.split("The teacher's answers</h2>")[1]))[0]
+    assert teacher["stage"].tolist() == ["relevance_check", "kd_rephrase@qa", "kd_rephrase@scholar",
+                                         "kd_rephrase@toddler", "kd_rephrase@wikipedia"]  # fmt: skip
+    relevance = read_json(metrics / "relevance_check.json")["teacher"]
+    assert teacher["parse_failures"][0] == relevance["parse_failures"]
     assert drawn_charts(report, tmp_path) == (6, 6)
     assert screenshot(report, tmp_path / "report.png", tmp_path) > 50

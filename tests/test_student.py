@@ -157,6 +157,13 @@ def test_resume_after_interruption(crashed_run, tmp_path):
     assert uninterrupted["resumed_from_step"] == 0
     # the resumed run continued the same optimisation: same last loss as a run never interrupted
     assert resumed["last_loss"] == pytest.approx(uninterrupted["last_loss"], rel=1e-4)
+    # and its adapter loads, with the weights of the run never interrupted
+    resumed_model, again = (
+        load_model(tmp_path / "adapter", "float32")[0],
+        load_model(tmp_path / "again", "float32")[0],
+    )
+    for (name, a), (_, b) in zip(resumed_model.state_dict().items(), again.state_dict().items(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_checkpoints_of_another_training_are_not_resumed(crashed_run, tmp_path):

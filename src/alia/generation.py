@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from pydantic import ValidationError
 from tqdm.auto import tqdm
 
-from alia.params import load_params
+from alia.params import load_params, settings_error
 from alia.prompts import Prompt
 from alia.teacher import Teacher, TeacherConfig
 
@@ -86,7 +87,13 @@ def teacher_config(
     config = base | overrides
     if "local" in overrides:
         config["local"] = base.get("local", {}) | overrides["local"]
-    return TeacherConfig(**config)
+    try:
+        return TeacherConfig(**config)
+    except ValidationError as error:  # one line naming the setting, before any server starts
+        where = f"{params_file} teacher" + (
+            f" (with the stage's teacher: {sorted(overrides)})" if overrides else ""
+        )
+        raise settings_error(error, where) from None
 
 
 def stage_teacher(overrides: dict[str, Any] | None, cache: str | Path) -> Teacher:

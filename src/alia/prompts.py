@@ -130,13 +130,22 @@ class Prompt:
     system: str | None
     user: str
     hash: str  # sha256 of the file, for provenance
+    path: str = ""  # the file, for error messages
 
     def messages(self, **variables: Any) -> list[Message]:
         """The chat messages for these template variables (a missing variable is an error)."""
         messages = []
-        if self.system:
-            messages.append({"role": "system", "content": _template(self.system).render(**variables).strip()})
-        messages.append({"role": "user", "content": _template(self.user).render(**variables).strip()})
+        try:
+            if self.system:
+                messages.append(
+                    {"role": "system", "content": _template(self.system).render(**variables).strip()}
+                )
+            messages.append({"role": "user", "content": _template(self.user).render(**variables).strip()})
+        except jinja2.UndefinedError as err:  # a variable the stage does not provide: a prompt-file error
+            raise ValueError(
+                f"{self.path or self.name}: template error: {err.message}; "
+                f"the stage provides {sorted(variables)}"
+            ) from None
         return messages
 
     def schema(self) -> type[BaseModel] | None:
@@ -170,5 +179,10 @@ def load_prompt(name: str, prompts_dir: str | Path = PROMPTS_DIR) -> Prompt:
     except jinja2.TemplateSyntaxError as err:
         raise ValueError(f"{path}, line {err.lineno}: template error: {err.message}") from None
     return Prompt(
-        name, spec["output"], spec.get("system"), spec["user"], hashlib.sha256(data).hexdigest()[:16]
+        name,
+        spec["output"],
+        spec.get("system"),
+        spec["user"],
+        hashlib.sha256(data).hexdigest()[:16],
+        str(path),
     )

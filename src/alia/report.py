@@ -116,6 +116,20 @@ def corpora_section(corpus_stats: Path, corpus_paths: list[Path], sample_chars: 
     return "\n".join(parts)
 
 
+def teacher_section(stage_metrics: list[Path]) -> str:
+    """Per teacher stage (a folder: one file per variant): prompts, the share whose answer parsed,
+    re-asks and tokens. The parse rate is what differs most between two machines running the same
+    local teacher (docs/teacher.md)."""
+    rows = []
+    files = [f for p in stage_metrics for f in (sorted(p.glob("*.json")) if p.is_dir() else [p])]
+    for path in files:
+        teacher = read_json(path).get("teacher")
+        if teacher:
+            stage = path.stem if path.parent.name == "metrics" else f"{path.parent.name}@{path.stem}"
+            rows.append({"stage": stage, **teacher})
+    return "<h2>The teacher's answers</h2>" + table(rows)
+
+
 def kg_section(kg_metrics: Path) -> str:
     counts = read_json(kg_metrics)
     rows = [

@@ -46,6 +46,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 from alia.mcqa import perturb, stratified_sample
 from alia.models import require_model
+from alia.precision import resolve_dtype
 
 INSTRUCTION = "Answer this question about industrial condition monitoring."
 GENERATIVE_INSTRUCTION = "Reply with the letter of the correct option only."
@@ -163,11 +164,11 @@ def _chat(tokenizer: PreTrainedTokenizerBase, content: str) -> str:
 # --- model calls -------------------------------------------------------------------------------
 
 
-def load_model(path: str | Path, dtype: str = "bfloat16") -> tuple[Any, PreTrainedTokenizerBase]:
+def load_model(path: str | Path, dtype: str = "auto") -> tuple[Any, PreTrainedTokenizerBase]:
     """A prepared checkpoint, or a LoRA adapter folder on top of the base it names, merged into it:
-    an unmerged adapter scores at half its base's speed."""
+    an unmerged adapter scores at half its base's speed. `dtype` as alia.precision resolves it."""
     path = require_model(path)
-    torch_dtype = getattr(torch, dtype)
+    torch_dtype = getattr(torch, resolve_dtype(dtype))
     if (path / "adapter_config.json").exists():
         from peft import PeftConfig, PeftModel
 

@@ -26,10 +26,10 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import openai
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 from tqdm.auto import tqdm
 
@@ -42,7 +42,9 @@ LOCAL = "local"
 SIMULATED = "simulated"
 # What a stage's metrics file reports of its teacher use: the same for a cold run and a warm one,
 # which replays every answer from the cache.
-METRICS = ("reasks", "parse_failures", "prompt_tokens", "completion_tokens")
+# `parse_rate`, the share of prompts whose answer parsed, is what most often differs between two machines
+# that run the same local teacher (docs/teacher.md: what depends on the machine).
+METRICS = ("prompts", "reasks", "parse_failures", "prompt_tokens", "completion_tokens")
 # What this run alone did (a warm re-run makes no call): MLflow and the log get these, the metrics file
 # does not, so that `dvc metrics diff` shows only changes of the data. new_* count tokens spent by this
 # run (not cached).
@@ -65,13 +67,13 @@ class TeacherConfig(BaseModel):
     base_url: str  # "local", "simulated", or an OpenAI-compatible URL such as http://gpu-node:8000/v1
     model: str
     api_key_env: str | None
-    temperature: float
-    max_tokens: int
+    temperature: Annotated[float, Field(ge=0)]
+    max_tokens: Annotated[int, Field(ge=1)]
     seed: int
-    concurrency: int
-    timeout: float
-    retries: int  # further attempts after the first, on 429 / 5xx / time-out / connection errors
-    max_reasks: int  # further attempts after an answer that does not parse
+    concurrency: Annotated[int, Field(ge=1)]  # requests in flight
+    timeout: Annotated[float, Field(gt=0)]
+    retries: Annotated[int, Field(ge=0)]  # further attempts after the first, on 429 / 5xx / time-outs
+    max_reasks: Annotated[int, Field(ge=0)]  # further attempts after an answer that does not parse
     # How a JSON answer's schema is sent: OpenAI's and vLLM's "json_schema" response format, or
     # llama.cpp's "json_object" + schema; "auto" picks llama.cpp's for the local server.
     structured_output: Literal["auto", "json_schema", "json_object", "off"]
@@ -268,6 +270,7 @@ class Teacher:
         self, messages: list[Message], parser: Parser | None, response_format: dict | None
     ) -> Answer:
         attempts = 0
+        self.stats["prompts"] += 1
         while True:
             attempts += 1
             answer = self._answer(await self._call(messages, {"response_format": response_format}), attempts)
@@ -360,6 +363,8 @@ class Teacher:
         cache, retries and accounting as `ask`. `request` holds further request fields (tools,
         tool_choice, stop, response_format); they are part of the cache key."""
 
+        self.stats["prompts"] += 1
+
         async def one() -> dict[str, Any]:
             try:
                 return await self._call(messages, request)
@@ -378,9 +383,14 @@ class Teacher:
         answer.parsed = answer.text
         return answer
 
-    def metrics(self) -> dict[str, int]:
-        """Counts for a stage's metrics file."""
-        return {k: int(self.stats.get(k, 0)) for k in METRICS}
+    def metrics(self) -> dict[str, int | float | None]:
+        """Counts for a stage's metrics file, and the share of prompts whose answer parsed."""
+        counts: dict[str, int | float | None] = {k: int(self.stats.get(k, 0)) for k in METRICS}
+        prompts = self.stats.get("prompts", 0)
+        counts["parse_rate"] = (
+            round(1 - self.stats.get("parse_failures", 0) / prompts, 4) if prompts else None
+        )
+        return counts
 
     def run_stats(self) -> dict[str, int]:
         """Counts of this run's calls, for MLflow and the log."""

@@ -153,6 +153,23 @@ def numeric_leaves(metrics: dict[str, Any], prefix: str = "") -> dict[str, float
     return flat
 
 
+def check_outputs(*paths: str | Path) -> None:
+    """The folder each output (a file or a folder) goes in, made and written to once (a probe file,
+    removed): a folder the stage cannot write stops it now, in one line naming it, not after the work.
+    A probe also catches what a mode check cannot: a read-only mount, a full disk, running as root."""
+    for path in map(Path, paths):
+        folder = path.parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".alia-write-probe-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as error:
+            raise OSError(
+                f"{folder}: cannot write the output {path} there ({error.strerror or error})"
+            ) from None
+
+
 def write_json(path: str | Path, content: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
