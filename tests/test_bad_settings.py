@@ -180,3 +180,13 @@ def test_an_output_folder_without_write_permission():
     finally:
         (root / "out").chmod(0o755)
         shutil.rmtree(root)
+
+
+def test_a_hub_model_id_on_a_machine_without_the_hub(project, monkeypatch):
+    spoil(project, "prepare_models", "embedder", "source", value="nobody/no-such-model")
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")  # a host that never resolves, online or not
+    message = run(project, "prepare_models", "embedder", "models/pretrained/embedder")
+    assert message == (
+        "model source 'nobody/no-such-model': not an installed package (package:<module>/<file>), not a "
+        "local path, and the hub (hub.invalid) cannot be reached from here to load it as a model id"
+    )

@@ -18,10 +18,13 @@ import hashlib
 import importlib
 import importlib.util
 import json
+import os
+import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 PACKAGE_PREFIX = "package:"
 SOURCE_FILE = "alia_source.json"  # provenance written beside each prepared checkpoint
@@ -82,6 +85,22 @@ def resolve_source(spec: str, workdir: str | Path) -> ModelSource:
     return ModelSource(spec, spec, False)
 
 
+def require_hub(spec: str) -> None:
+    """A hub model id needs the hub: where its host does not even resolve (an offline machine), say so
+    now, naming the source, instead of after the hub client's minute of retries. HF_HUB_OFFLINE=1
+    loads from the local hub cache, which needs no network."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or ""
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        raise OSError(
+            f"model source {spec!r}: not an installed package ({PACKAGE_PREFIX}<module>/<file>), not a "
+            f"local path, and the hub ({host}) cannot be reached from here to load it as a model id"
+        ) from None
+
+
 def sha256_file(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -98,6 +117,8 @@ def prepare_causal_lm(spec: str, out_dir: str | Path, dtype: str = "bfloat16") -
     out_dir = Path(out_dir)
     with tempfile.TemporaryDirectory() as workdir:
         source = resolve_source(spec, workdir)
+        if not source.is_local:
+            require_hub(spec)
         kwargs: dict[str, Any] = {}
         location = source.location
         if source.is_gguf:
@@ -129,6 +150,8 @@ def prepare_embedder(spec: str, out_dir: str | Path) -> dict[str, Any]:
     out_dir = Path(out_dir)
     with tempfile.TemporaryDirectory() as workdir:
         source = resolve_source(spec, workdir)
+        if not source.is_local:
+            require_hub(spec)
         model = SentenceTransformer(source.location, device="cpu")
         model.save(str(out_dir))
     info = {
