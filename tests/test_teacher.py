@@ -175,6 +175,25 @@ def test_never_valid_answer_is_a_recorded_failure(tmp_path):
     assert results[0].text == "I cannot say." and results[0].attempts == 3
     assert results[0].error == "expected a numbered list, one item a line ('1. ...')"
     assert teacher.metrics()["parse_failures"] == 2 and len(server.requests) == 6
+    assert (teacher.metrics()["prompts"], teacher.metrics()["parse_rate"]) == (2, 0.0)
+
+
+def test_the_parse_rate_counts_prompts_not_asks(tmp_path):
+    # one prompt parses at once, one after a re-ask, one never: 2 of 3 prompts parsed
+    def answer(messages: list[dict]) -> str:
+        asked = messages[0]["content"]
+        if asked == "first?" or (asked == "second?" and len(messages) > 1):
+            return "1. vibration"
+        return "I cannot say."
+
+    with (
+        FakeOpenAI(answer) as server,
+        Teacher(config(server, max_reasks=1), tmp_path / "c.sqlite") as teacher,
+    ):
+        teacher.ask([user("first?"), user("second?"), user("third?")], parser=parse_numbered_list)
+    metrics = teacher.metrics()
+    assert (metrics["prompts"], metrics["reasks"], metrics["parse_failures"]) == (3, 2, 1)
+    assert metrics["parse_rate"] == round(2 / 3, 4)
 
 
 def test_api_key_is_sent_and_never_stored(server, tmp_path, monkeypatch):
