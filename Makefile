@@ -10,7 +10,7 @@ STAMP := $(VENV)/.alia-installed
 # Stage commands call `python`, `dvc` calls git: both must come from the virtualenv.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install repro test test-fast lint sweeps
+.PHONY: install repro test test-fast lint format sweeps
 
 # The page `dvc plots show` fills (.dvc/config plots.html_template): Vega inlined from the installed
 # vl-convert-python, so that plots render offline; DVC's own page loads Vega from a CDN.
@@ -46,18 +46,15 @@ lint: install
 	ruff check src stages tests benchmarks
 	ruff format --check src stages tests benchmarks
 
+format: install
+	ruff check --fix src stages tests benchmarks
+	ruff format src stages tests benchmarks
+
 # The embedder's three sweeps (docs/embedder.md), queued as DVC experiments up to eval_embedder and
-# scored on the validation split; the teacher answers from its cache. Each sweep varies one setting of
-# the reference (the defaults with the contrastive loss: alia.sweeps.REFERENCE), which is one point of
-# each, so pos_ratio 0.5 and augment_p 0.5 are not queued twice.
+# scored on the validation split; the teacher answers from its cache. What is queued is
+# alia.embedder.sweeps.QUEUE on top of its REFERENCE (`alia exp queue-sweeps --dry-run` prints it).
 # PYTHONPATH=src: a queued experiment runs in a copy of the repository, and must import that copy's
 # alia, not the editable install's. `alia exp sweeps` then collects the plots.
-SWEEP := dvc exp run --queue eval_embedder -S eval_embedder.split=validation -S train_embedder.training.num_train_epochs=1 \
-	-S train_embedder.per_task_batches=false
-REF := $(SWEEP) -S train_embedder.loss=contrastive
 sweeps: install
-	$(SWEEP) -S 'train_embedder.loss=contrastive,mnrl,cached_mnrl,gist'
-	$(REF) -S train_embedder.negatives=hard
-	$(REF) -S 'train_embedder.pos_ratio=0,0.125,0.25,0.375,0.625,0.75,0.875,1'
-	$(REF) -S 'embed_tasks.augment_p=0,0.2,0.4,0.6,0.8,1'
+	alia exp queue-sweeps
 	PYTHONPATH=src dvc queue start

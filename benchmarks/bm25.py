@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from rank_bm25 import BM25Okapi
 
-from alia.embedder import METRICS, ranking_metrics, retrieval_data
+from alia.embedder.evaluation import RETRIEVAL_METRICS, ranking_metrics, retrieval_data
 
 
 def score_all(tasks: pd.DataFrame, engine: str, repeat: int) -> tuple[dict, float, int]:
@@ -62,7 +62,7 @@ def main() -> None:
     print(f"{'':12}{'bm25s':>12}{'rank_bm25':>12}")
     print(f"{'queries/s':12}{n / fast_s:>12.0f}{n / slow_s:>12.0f}")
     print(f"speed ratio bm25s/rank_bm25: {slow_s / fast_s:.1f}x")
-    for metric in METRICS:
+    for metric in RETRIEVAL_METRICS:
         a = np.mean([m[metric] for m in fast.values()])
         b = np.mean([m[metric] for m in slow.values()])
         worst = max(abs(fast[t][metric] - slow[t][metric]) for t in fast)

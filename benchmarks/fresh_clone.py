@@ -7,7 +7,7 @@ dvc.lock with the repository's own.
 
 The clone shares nothing with the repository but pip's cache (with --empty-pip-cache, not even that:
 every package is downloaded and llama-cpp-python compiled): it is what a new user gets. The page
-names the machine: cores and torch's CPU capability, which decides the precision (alia.precision).
+names the machine: cores and torch's CPU capability, which decides the precision (alia.core.precision).
 """
 
 import argparse
@@ -89,7 +89,7 @@ def main() -> None:
     cache = "an empty" if args.empty_pip_cache else "a warm"
     print(f"make install: {install:.0f} s with {cache} pip cache", flush=True)
     capability = subprocess.run(
-        [clone / ".venv" / "bin" / "python", "-c", "from alia.precision import device, resolve_dtype;"
+        [clone / ".venv" / "bin" / "python", "-c", "from alia.core.precision import device, resolve_dtype;"
          "print(device(), resolve_dtype('auto'))"],
         capture_output=True, text=True, check=True,
     ).stdout.split()  # fmt: skip

@@ -1,5 +1,5 @@
 """The MCQA scorer against lm-evaluation-harness: the same model and the same questions through
-alia.scoring and through lm-eval (a custom multiple_choice task over the same Parquet), side by side.
+alia.student.scoring and through lm-eval (a custom multiple_choice task over the same Parquet), side by side.
 Prints acc and acc_norm from both, how many questions get the same picks, questions/s and the ratio;
 then letter mode: alia's one forward pass per question against lm-eval scoring each option's letter
 as a one-token continuation of the lettered prompt (its multiple_choice over the labels).
@@ -8,7 +8,7 @@ as a one-token continuation of the lettered prompt (its multiple_choice over the
         [--questions data/eval/questions/d_eval.parquet] [--sample 400] [--dtype float32]
         [--batch-size 8]
 
-Both score the exact same context strings (k-shot or chat-formatted, built by alia.scoring) with the
+Both score the exact same context strings (k-shot or chat-formatted, built by alia.student.scoring) with the
 option text (or letter) as continuation; lm-eval needs `pip install lm-eval` (in the dev extra).
 """
 
@@ -21,8 +21,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from alia.mcqa import stratified_sample
-from alia.scoring import build_prompts, choose, letter_picks, load_model, option_loglikelihoods, prompt_style
+from alia.student.engine import load_model
+from alia.student.formats import build_prompts, prompt_style
+from alia.student.questions import stratified_sample
+from alia.student.scoring import choose, letter_picks, option_loglikelihoods
 
 TASK = """\
 task: alia_mcqa
@@ -110,7 +112,7 @@ def main() -> None:
     gold = ours["answer_index"].to_numpy()
     n = len(questions)
     print(f"\n{args.model} ({args.dtype}), {n} questions of {args.questions}, batch {args.batch_size}")
-    print(f"{'':16}{'alia.scoring':>14}{'lm-eval':>14}")
+    print(f"{'':16}{'alia.student.scoring':>14}{'lm-eval':>14}")
     print(f"{'acc':16}{np.mean(ours['pred'] == gold):>14.4f}{theirs['acc_reported'][0]:>14.4f}")
     print(
         f"{'acc_norm':16}{np.mean(ours['pred_norm'] == gold):>14.4f}{theirs['acc_norm_reported'][0]:>14.4f}"
@@ -131,7 +133,7 @@ def main() -> None:
     letters, letters_s = alia_letters(args.model, ours, args.dtype, args.batch_size)
     theirs_letters, theirs_letters_s = lm_eval_scores(args.model, lettered, args.dtype, args.batch_size)
     same = int(np.sum(np.array(letters) == theirs_letters["pred"].to_numpy()))
-    print(f"\nletter mode{'':5}{'alia.scoring':>14}{'lm-eval':>14}")
+    print(f"\nletter mode{'':5}{'alia.student.scoring':>14}{'lm-eval':>14}")
     print(f"{'acc':16}{np.mean(np.array(letters) == gold):>14.4f}{theirs_letters['acc_reported'][0]:>14.4f}")
     print(f"{'questions/s':16}{n / letters_s:>14.2f}{n / theirs_letters_s:>14.2f}")
     print(

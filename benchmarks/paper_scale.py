@@ -1,5 +1,5 @@
 """The teacher chain at the ALIA paper's volumes, rehearsed against the simulated teacher
-(alia.simulated_teacher): configs/paper_scale.yaml at the given scales (1.0: all 44 classes; 0.1:
+(alia.llm.simulated): configs/paper_scale.yaml at the given scales (1.0: all 44 classes; 0.1:
 4 of them and a tenth of the documents asked about), each cold (empty response caches), then warm.
 
     python benchmarks/paper_scale.py [--scale 0.1 1.0] [--workdir DIR] [--concurrency 64]
@@ -36,7 +36,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import yaml
 
-from alia.simulated_teacher import SimulatedConfig, SimulatedServer
+from alia.llm.simulated import SimulatedConfig, SimulatedServer
 
 REPO = Path(__file__).resolve().parents[1]
 CHAIN = ["sensor_discovery", "relevance_check", "kd_base", "kd_rephrase@toddler", "kd_rephrase@scholar",

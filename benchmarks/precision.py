@@ -1,4 +1,4 @@
-"""bfloat16 against float32 on this machine: what `auto` (alia.precision) chooses, and why.
+"""bfloat16 against float32 on this machine: what `auto` (alia.core.precision) chooses, and why.
 
     python benchmarks/precision.py [--model models/pretrained/student_instruct] [--repeats 3]
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from alia.precision import device, native_bf16, resolve_dtype
+from alia.core.precision import device, native_bf16, resolve_dtype
 
 
 def best_of(repeats: int, step) -> float:

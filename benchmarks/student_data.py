@@ -30,8 +30,8 @@ def prepare(corpus: Path, variant: str, fraction: float) -> dict:
     """In this process: the examples of `variant`'s corpus (its first `fraction`), tokenised and packed."""
     import pyarrow.compute as pc
 
-    from alia.corpora import read_corpus
-    from alia.student import sft_trainer, training_examples
+    from alia.kd.corpora import read_corpus
+    from alia.student.training import sft_trainer, training_examples
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())["train_student"]
     config = params["variants"][variant]
@@ -59,7 +59,7 @@ def pairs(fraction: float) -> dict:
     """In this process: the embedder's training pairs from the default task table (data/embed)."""
     import pandas as pd
 
-    from alia.embedder import training_pairs
+    from alia.embedder.training import training_pairs
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())["train_embedder"]
     tasks = pd.read_parquet(REPO / "data/embed/tasks.parquet")

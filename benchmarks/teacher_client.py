@@ -1,13 +1,13 @@
 """The teacher client against a bare openai loop: the same requests to the same simulated endpoint
-(alia.simulated_teacher, no latency: the client is what is measured), side by side.
+(alia.llm.simulated, no latency: the client is what is measured), side by side.
 
     python benchmarks/teacher_client.py [--requests 2000] [--concurrency 16 64] [--max-tokens 320]
 
 For each concurrency: requests/s of a bare `openai.AsyncOpenAI` + semaphore loop, of alia's
-`Teacher` (response cache, retries, accounting, progress bar) with a new cache, the ratio, and the
-client's own time per request (the difference of the two per-request times); then the Teacher's
+`LLMClient` (response cache, retries, accounting, progress bar) with a new cache, the ratio, and the
+client's own time per request (the difference of the two per-request times); then the LLMClient's
 warm re-run from its cache. Each prompt is distinct (a KD_Base-like passage request), so every
-Teacher request is a cache miss.
+LLMClient request is a cache miss.
 """
 
 import argparse
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import openai
 
-from alia.generation import teacher_config
-from alia.prompts import load_prompt
-from alia.simulated_teacher import FAILURE_MODES, SENSORS, SimulatedServer
-from alia.teacher import Teacher
+from alia.llm.client import LLMClient
+from alia.llm.prompts import load_prompt
+from alia.llm.simulated import FAILURE_MODES, SENSORS, SimulatedServer
+from alia.llm.teacher import teacher_config
 
 
 def prompts(n: int) -> list[list[dict]]:
@@ -70,7 +70,7 @@ def teacher(
             "max_tokens": max_tokens,
         }
     )
-    with Teacher(config, cache) as t:
+    with LLMClient(config, cache) as t:
         start = time.perf_counter()
         answers = t.ask(messages, desc=f"teacher, concurrency {concurrency}")
         seconds = time.perf_counter() - start
@@ -98,7 +98,7 @@ def main() -> None:
     print(
         f"\n{args.requests} distinct requests, max_tokens {args.max_tokens}, simulated endpoint (no latency)"
     )
-    header = ["concurrency", "bare openai/s", "Teacher/s", "ratio", "client ms/req", "warm/s"]
+    header = ["concurrency", "bare openai/s", "LLMClient/s", "ratio", "client ms/req", "warm/s"]
     print("".join(f"{h:>15}" for h in header))
     for concurrency, b, t, warm in rows:
         own = (1 / t - 1 / b) * 1000

@@ -12,9 +12,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from alia.generation import teacher_config
-from alia.llama_server import LocalServer
-from alia.teacher import Teacher, TeacherConfig
+from alia.llm.client import ClientConfig, LLMClient
+from alia.llm.llama_server import LocalServer
+from alia.llm.teacher import teacher_config
 
 ASSETS = ["centrifugal pump", "gas compressor", "steam turbine", "electric motor",
           "power transformer", "fan", "diesel engine", "heat exchanger"]  # fmt: skip
@@ -24,8 +24,8 @@ QUESTIONS = ["Name one sensor that monitors a {}.", "Name one failure mode of a 
              "What causes noise in a {}?", "What does a thermography survey of a {} show?"]  # fmt: skip
 
 
-def run(config: TeacherConfig, cache: Path, prompts: list) -> tuple[float, dict]:
-    with Teacher(config, cache) as teacher:
+def run(config: ClientConfig, cache: Path, prompts: list) -> tuple[float, dict]:
+    with LLMClient(config, cache) as teacher:
         start = time.perf_counter()
         answers = teacher.ask(prompts, desc=f"concurrency {config.concurrency}")
         seconds = time.perf_counter() - start

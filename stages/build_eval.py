@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from alia.mcqa import build_multi_correct, build_questions, load_question_set, to_table
-from alia.params import load_params
-from alia.tables import read_tables
-from alia.tracking import finish_stage
+from alia.core.params import load_params
+from alia.core.tracking import finish_stage
+from alia.data.tables import read_tables
+from alia.student.questions import build_multi_correct, build_questions, load_question_set, to_table
 
 tables_dir, out_dir, metrics_file = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 params = load_params("build_eval")

@@ -1,5 +1,5 @@
 """Stage controls: the positive-control corpora, written by a template from the D_eval tick matrix
-(a deliberate leak: alia.controls).
+(a deliberate leak: alia.student.controls).
 
 python stages/controls.py <tables_dir> <control_text.parquet> <control_qa.parquet> <metrics.json>
 """
@@ -7,9 +7,9 @@ python stages/controls.py <tables_dir> <control_text.parquet> <control_qa.parque
 import sys
 from pathlib import Path
 
-from alia.controls import control_qa, control_text
-from alia.tables import read_tables
-from alia.tracking import finish_stage
+from alia.core.tracking import finish_stage
+from alia.data.tables import read_tables
+from alia.student.controls import control_qa, control_text
 
 tables_dir, text_file, qa_file, metrics_file = map(Path, sys.argv[1:5])
 matrix = read_tables(tables_dir)["fm_sensor_matrix"]

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from alia.corpora import corpus_batches, corpus_texts, token_counts
-from alia.tracking import finish_stage
+from alia.core.tracking import finish_stage
+from alia.kd.corpora import corpus_batches, corpus_texts, token_counts
 
 parser = argparse.ArgumentParser()
 parser.add_argument("metrics_file", type=Path)
@@ -26,7 +26,7 @@ for path in args.corpora:
     name = path.name.removesuffix(".parquet")
     counts = dict.fromkeys(["passages", *(f"tokens_{student}" for student in tokenizers)], 0)
     for batch in corpus_batches(path):  # a paper-scale corpus is read a batch at a time
-        texts = corpus_texts(name, batch)
+        texts = corpus_texts(batch)
         counts["passages"] += len(texts)
         for student, tokenizer in tokenizers.items():
             counts[f"tokens_{student}"] += token_counts(tokenizer, texts)

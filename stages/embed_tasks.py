@@ -10,7 +10,10 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
-from alia.embed_tasks import (
+from alia.core.params import load_params
+from alia.core.tracking import check_outputs, finish_stage
+from alia.data.tables import read_table
+from alia.embedder.tasks import (
     add_instructions,
     assign_splits,
     augment,
@@ -21,11 +24,8 @@ from alia.embed_tasks import (
     task_rows,
     to_table,
 )
-from alia.generation import stage_teacher
-from alia.params import load_params
-from alia.prompts import load_prompt
-from alia.tables import read_table
-from alia.tracking import check_outputs, finish_stage
+from alia.llm.prompts import load_prompt
+from alia.llm.teacher import stage_teacher
 
 tables_dir, taxonomy_file, descriptions_dir, tasks_file, entities_file, cache, metrics_file = map(
     Path, sys.argv[1:8]

@@ -9,17 +9,11 @@ python stages/eval_agent.py <embedder_dir> <tasks.parquet> <descriptions.parquet
 import sys
 from pathlib import Path
 
-from alia.agent import (
-    agent_from_params,
-    agent_questions,
-    evaluate_agent,
-    item_vocabulary,
-    summary_metrics,
-    write_trace,
-)
-from alia.params import load_params
-from alia.tables import read_parquet
-from alia.tracking import check_outputs, finish_stage, start_run, trace_agent
+from alia.agent.evaluation import agent_questions, evaluate_agent, item_vocabulary, summary_metrics
+from alia.agent.react import agent_from_params, write_trace
+from alia.core.io import read_parquet
+from alia.core.params import load_params
+from alia.core.tracking import check_outputs, finish_stage, start_run, trace_agent
 
 embedder_dir, tasks_file, descriptions_file, out_dir, cache, metrics_file = map(Path, sys.argv[1:7])
 check_outputs(out_dir, cache, metrics_file)  # an unwritable folder stops it now

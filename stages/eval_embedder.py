@@ -12,11 +12,11 @@ from pathlib import Path
 
 from sentence_transformers import SentenceTransformer
 
-from alia.embedder import bm25_metrics, embedder_metrics, macro_average, over_seeds, results_table
-from alia.models import require_model
-from alia.params import load_params
-from alia.tables import read_parquet
-from alia.tracking import check_outputs, finish_stage
+from alia.core.io import read_parquet
+from alia.core.models import require_model
+from alia.core.params import load_params
+from alia.core.tracking import check_outputs, finish_stage
+from alia.embedder.evaluation import bm25_metrics, embedder_metrics, macro_average, over_seeds, results_table
 
 pretrained_dir, seeds_dir, tasks_file, metrics_file, table_file, plot_file = map(Path, sys.argv[1:7])
 check_outputs(metrics_file, table_file, plot_file)  # an unwritable folder stops it now

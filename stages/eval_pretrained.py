@@ -8,17 +8,17 @@ python stages/eval_pretrained.py <name> <model_dir> <eval_dir> <metrics.json> <b
 import sys
 from pathlib import Path
 
-from alia.params import load_params
-from alia.precision import report, resolve_dtype
-from alia.scoring import evaluate_model
-from alia.tables import read_parquet
-from alia.tracking import check_outputs, finish_stage, start_run, write_json
+from alia.core.io import read_parquet, write_json
+from alia.core.params import load_params
+from alia.core.precision import report, resolve_dtype
+from alia.core.tracking import check_outputs, finish_stage, start_run
+from alia.student.scoring import evaluate_model
 
 name = sys.argv[1]
 model_dir, eval_dir, metrics_file, breakdown_file, predictions_file = map(Path, sys.argv[2:7])
 check_outputs(metrics_file, breakdown_file, predictions_file)  # an unwritable folder stops it now
 params = load_params("mcqa")
-params["dtype"] = resolve_dtype(params["dtype"])  # auto: by the hardware (alia.precision)
+params["dtype"] = resolve_dtype(params["dtype"])  # auto: by the hardware (alia.core.precision)
 precision = report(f"eval_pretrained@{name}", dtype=params["dtype"])
 question_sets = {path.stem: read_parquet(path) for path in sorted(eval_dir.glob("*.parquet"))}
 

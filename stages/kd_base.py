@@ -8,19 +8,21 @@ python stages/kd_base.py <tables_dir> <discovery_dir> <relevance_dir> <out.parqu
 import sys
 from pathlib import Path
 
-from alia.corpora import PassageFilter, knowledge_items, write_chunks
-from alia.generation import ask_rows_in_chunks, stage_teacher
-from alia.params import load_params
-from alia.prompts import load_prompt
-from alia.tables import read_parquet, read_table
-from alia.tracking import check_outputs, finish_stage
+from alia.core.io import read_parquet
+from alia.core.params import load_params
+from alia.core.tracking import check_outputs, finish_stage
+from alia.data.tables import read_table
+from alia.kd.corpora import PassageFilter, knowledge_requests, write_chunks
+from alia.llm.ask import ask_rows_in_chunks
+from alia.llm.prompts import load_prompt
+from alia.llm.teacher import stage_teacher
 
 tables_dir, discovery_dir, relevance_dir, out_file, cache, metrics_file = map(Path, sys.argv[1:7])
 check_outputs(out_file, cache, metrics_file)  # an unwritable folder stops it now
 params = load_params("kd_base")
 
 sensors = read_parquet(discovery_dir / "sensors.parquet")
-items = knowledge_items(
+requests = knowledge_requests(
     classes=list(dict.fromkeys(sensors["equipment_class"])),
     class_failure_modes=read_table("class_failure_modes", tables_dir),
     sensors=sensors,
@@ -31,14 +33,14 @@ items = knowledge_items(
 )
 keep = PassageFilter(params["near_duplicate_threshold"])
 with stage_teacher(params.get("teacher"), cache) as teacher:
-    chunks = ask_rows_in_chunks(teacher, load_prompt("kd_base"), items, "kd_base")
+    chunks = ask_rows_in_chunks(teacher, load_prompt("kd_base"), requests, "kd_base")
     write_chunks((keep(documents) for documents, _ in chunks), out_file)
 
 metrics = {
     "documents": keep.counts["kept"],
     "by_relation": read_parquet(out_file, columns=["relation"])["relation"]
     .value_counts()
-    .reindex(items["relation"].unique(), fill_value=0)
+    .reindex(requests["relation"].unique(), fill_value=0)
     .to_dict(),
     "filtered": keep.counts,
 }

@@ -11,16 +11,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from alia import kg
-from alia.corpora import PassageFilter, extend_items, key_entity_rows, write_chunks
-from alia.generation import ask_rows, ask_rows_in_chunks, stage_teacher
-from alia.params import load_params
-from alia.prompts import load_prompt
-from alia.tables import read_parquet, read_tables
-from alia.tracking import check_outputs, finish_stage
-from alia.vocabulary import Canonicaliser
+from alia.core.io import read_parquet
+from alia.core.params import load_params
+from alia.core.tracking import check_outputs, finish_stage
+from alia.data import kg
+from alia.data.tables import read_tables
+from alia.data.vocabulary import Canonicaliser
+from alia.kd.corpora import PassageFilter, extend_requests, key_entity_rows, write_chunks
+from alia.llm.ask import ask_rows, ask_rows_in_chunks
+from alia.llm.prompts import load_prompt
+from alia.llm.teacher import stage_teacher
 
-tables_dir, discovery_dir, relevance_dir, base_file, rules_file = map(Path, sys.argv[1:6])
+tables_dir, discovery_dir, relevance_dir, kd_base_file, rules_file = map(Path, sys.argv[1:6])
 out_file, entities_file, cache, metrics_file = map(Path, sys.argv[6:10])
 check_outputs(out_file, entities_file, cache, metrics_file)  # an unwritable folder stops it now
 params = load_params("kd_extend")
@@ -34,20 +36,18 @@ graph = kg.build(
     {name: load_prompt(name) for name in ("sensor_discovery", "relevance_check")},
     load_params("kg")["include_eval_assets"],
 )
-names = {
-    kind: {graph.graph.nodes[n]["name"] for n in graph.nodes_of(kind)} for kind in ("sensor", "failure_mode")
-}
+names = {kind: graph.names_of(kind) for kind in ("sensor", "failure_mode")}
 
-base = read_parquet(base_file).head(params["documents"])
-items = pd.DataFrame(
+base = read_parquet(kd_base_file).head(params["documents"])
+requests = pd.DataFrame(
     {"source_doc_id": base["doc_id"], "equipment_class": base["equipment_class"], "document": base["text"]}
 )
 with stage_teacher(params.get("teacher"), cache) as teacher:
-    answers, parsed = ask_rows(teacher, load_prompt("key_entities"), items, "key entities")
+    answers, parsed = ask_rows(teacher, load_prompt("key_entities"), requests, "key entities")
     entities = key_entity_rows(
         answers, parsed, Canonicaliser.from_yaml(rules_file), names["sensor"], names["failure_mode"]
     )
-    todo = extend_items(entities, params["entities_per_class"], params["pairs_per_class"])
+    todo = extend_requests(entities, params["entities_per_class"], params["pairs_per_class"])
     # entity documents, then interaction documents, each chunk filtered and written as it comes
     keep = PassageFilter(params["near_duplicate_threshold"])
     chunks = (

@@ -7,20 +7,21 @@ python stages/kd_qa.py <kd_base.parquet> <kd_qa.parquet> <kd_qa_raft.parquet> <c
 import sys
 from pathlib import Path
 
-from alia.corpora import filter_passages, qa_items, qa_records, raft_records
-from alia.generation import ask_rows, stage_teacher
-from alia.params import load_params
-from alia.prompts import load_prompt
-from alia.tables import read_parquet
-from alia.tracking import check_outputs, finish_stage
+from alia.core.io import read_parquet
+from alia.core.params import load_params
+from alia.core.tracking import check_outputs, finish_stage
+from alia.kd.corpora import filter_passages, qa_records, qa_requests, raft_records
+from alia.llm.ask import ask_rows
+from alia.llm.prompts import load_prompt
+from alia.llm.teacher import stage_teacher
 
-base_file, qa_file, raft_file, cache, metrics_file = map(Path, sys.argv[1:6])
+kd_base_file, qa_file, raft_file, cache, metrics_file = map(Path, sys.argv[1:6])
 check_outputs(qa_file, raft_file, cache, metrics_file)  # an unwritable folder stops it now
 params = load_params("kd_qa")
 
-items = qa_items(read_parquet(base_file), params["documents"], params["min_pairs"])
+requests = qa_requests(read_parquet(kd_base_file), params["documents"], params["min_pairs"])
 with stage_teacher(params.get("teacher"), cache) as teacher:
-    answers, parsed = ask_rows(teacher, load_prompt("kd_qa"), items, "kd_qa")
+    answers, parsed = ask_rows(teacher, load_prompt("kd_qa"), requests, "kd_qa")
 answers["parsed"] = parsed
 kept, filtered = filter_passages(answers)  # failed (never valid JSON), truncated, duplicate answers
 qa, summaries, qa_counts = qa_records(kept.drop(columns="parsed"), kept["parsed"].tolist())
@@ -30,7 +31,7 @@ qa_file.parent.mkdir(parents=True, exist_ok=True)
 qa.to_parquet(qa_file, index=False)
 raft.to_parquet(raft_file, index=False)
 metrics = {
-    "documents": len(items),
+    "documents": len(requests),
     "qa_records": len(qa),
     "raft_records": len(raft),
     "raft_with_oracle": int(raft["oracle_in_context"].sum()),

@@ -6,22 +6,25 @@ python stages/kd_rephrase.py <style> <kd_base.parquet> <out.parquet> <cache.sqli
 import sys
 from pathlib import Path
 
-from alia.corpora import PassageFilter, rephrase_items, write_chunks
-from alia.generation import ask_rows_in_chunks, stage_teacher
-from alia.params import load_params
-from alia.prompts import load_prompt
-from alia.tables import read_parquet
-from alia.tracking import check_outputs, finish_stage
+from alia.core.io import read_parquet
+from alia.core.params import load_params
+from alia.core.tracking import check_outputs, finish_stage
+from alia.kd.corpora import PassageFilter, rephrase_requests, write_chunks
+from alia.llm.ask import ask_rows_in_chunks
+from alia.llm.prompts import load_prompt
+from alia.llm.teacher import stage_teacher
 
 style = sys.argv[1]
-base_file, out_file, cache, metrics_file = map(Path, sys.argv[2:6])
+kd_base_file, out_file, cache, metrics_file = map(Path, sys.argv[2:6])
 check_outputs(out_file, cache, metrics_file)  # an unwritable folder stops it now
 params = load_params("kd_rephrase")
 
-items = rephrase_items(read_parquet(base_file), style, params["documents"])
+requests = rephrase_requests(read_parquet(kd_base_file), style, params["documents"])
 keep = PassageFilter(params["near_duplicate_threshold"])
 with stage_teacher(params.get("teacher"), cache) as teacher:
-    chunks = ask_rows_in_chunks(teacher, load_prompt(f"kd_rephrase_{style}"), items, f"kd_rephrase {style}")
+    chunks = ask_rows_in_chunks(
+        teacher, load_prompt(f"kd_rephrase_{style}"), requests, f"kd_rephrase {style}"
+    )
     write_chunks((keep(rewritten.drop(columns="document")) for rewritten, _ in chunks), out_file)
 
 metrics = {"documents": keep.counts["kept"], "filtered": keep.counts}

@@ -8,11 +8,12 @@ python stages/kg.py <tables_dir> <discovery_dir> <relevance_dir> <key_entities.p
 import sys
 from pathlib import Path
 
-from alia import kg
-from alia.params import load_params
-from alia.prompts import load_prompt
-from alia.tables import read_parquet, read_tables
-from alia.tracking import finish_stage
+from alia.core.io import read_parquet
+from alia.core.params import load_params
+from alia.core.tracking import finish_stage
+from alia.data import kg
+from alia.data.tables import read_tables
+from alia.llm.prompts import load_prompt
 
 tables_dir, discovery_dir, relevance_dir, entities_file, out_dir, metrics_file, plot_file = map(
     Path, sys.argv[1:8]

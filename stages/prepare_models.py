@@ -7,10 +7,10 @@ python stages/prepare_models.py <role> <out_dir>
 import json
 import sys
 
-from alia.models import prepare_causal_lm, prepare_embedder
-from alia.params import load_params
-from alia.precision import resolve_dtype
-from alia.tracking import check_outputs
+from alia.core.models import prepare_causal_lm, prepare_embedder
+from alia.core.params import load_params
+from alia.core.precision import resolve_dtype
+from alia.core.tracking import check_outputs
 
 role, out_dir = sys.argv[1], sys.argv[2]
 check_outputs(out_dir)  # an unwritable folder stops it now

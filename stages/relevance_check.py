@@ -6,25 +6,26 @@ python stages/relevance_check.py <tables_dir> <discovery_dir> <out_dir> <cache.s
 import sys
 from pathlib import Path
 
-from alia.generation import stage_teacher
-from alia.params import load_params
-from alia.phase1 import check_relevance, relevance_items
-from alia.prompts import load_prompt
-from alia.tables import read_parquet, read_table
-from alia.tracking import check_outputs, finish_stage
+from alia.core.io import read_parquet
+from alia.core.params import load_params
+from alia.core.tracking import check_outputs, finish_stage
+from alia.data.tables import read_table
+from alia.kd.phase1 import check_relevance, relevance_requests
+from alia.llm.prompts import load_prompt
+from alia.llm.teacher import stage_teacher
 
 tables_dir, discovery_dir, out_dir, cache, metrics_file = map(Path, sys.argv[1:6])
 check_outputs(out_dir, cache, metrics_file)  # an unwritable folder stops it now
 params = load_params("relevance_check")
 
-items = relevance_items(
+requests = relevance_requests(
     read_table("class_failure_modes", tables_dir),
     read_parquet(discovery_dir / "sensors.parquet"),
     params["failure_modes_per_class"],
     params["sensors_per_class"],
 )
 with stage_teacher(params.get("teacher"), cache) as teacher:
-    relevance = check_relevance(teacher, load_prompt("relevance_check"), items)
+    relevance = check_relevance(teacher, load_prompt("relevance_check"), requests)
 
 out_dir.mkdir(parents=True, exist_ok=True)
 relevance.to_parquet(out_dir / "relevance.parquet", index=False)

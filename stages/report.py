@@ -9,9 +9,8 @@ python stages/report.py <report.html> --corpus-stats <json> --corpora <corpus>..
 import argparse
 from pathlib import Path
 
-from alia import errors, report
-
-errors.install()  # a known failure prints one line (the stages that end with alia.tracking get this there)
+from alia import report
+from alia.core.tracking import check_outputs
 
 parser = argparse.ArgumentParser()
 parser.add_argument("report_file", type=Path)
@@ -25,6 +24,7 @@ parser.add_argument("--mcqa", type=Path, required=True, help="one metrics file p
 parser.add_argument("--embedder", type=Path, required=True)
 parser.add_argument("--agent", type=Path, required=True)
 args = parser.parse_args()
+check_outputs(args.report_file)
 
 sections = [
     report.corpora_section(args.corpus_stats, args.corpora),

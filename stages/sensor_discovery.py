@@ -6,13 +6,13 @@ python stages/sensor_discovery.py <tables_dir> <vocabulary_rules.yaml> <out_dir>
 import sys
 from pathlib import Path
 
-from alia.generation import stage_teacher
-from alia.params import load_params
-from alia.phase1 import discover_sensors, extend_vocabulary
-from alia.prompts import load_prompt
-from alia.tables import read_tables
-from alia.tracking import check_outputs, finish_stage
-from alia.vocabulary import Canonicaliser
+from alia.core.params import load_params
+from alia.core.tracking import check_outputs, finish_stage
+from alia.data.tables import read_tables
+from alia.data.vocabulary import Canonicaliser
+from alia.kd.phase1 import discover_sensors, extend_vocabulary
+from alia.llm.prompts import load_prompt
+from alia.llm.teacher import stage_teacher
 
 tables_dir, rules_file, out_dir, cache, metrics_file = map(Path, sys.argv[1:6])
 check_outputs(out_dir, cache, metrics_file)  # an unwritable folder stops it now

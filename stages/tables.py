@@ -5,9 +5,9 @@ python stages/tables.py <raw_dir> <vocabulary_rules.yaml> <out_dir> <metrics.jso
 
 import sys
 
-from alia.tables import build_tables, write_tables
-from alia.tracking import finish_stage
-from alia.vocabulary import Canonicaliser
+from alia.core.tracking import finish_stage
+from alia.data.tables import build_tables, write_tables
+from alia.data.vocabulary import Canonicaliser
 
 raw_dir, rules_file, out_dir, metrics_file = sys.argv[1:5]
 

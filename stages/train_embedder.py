@@ -12,16 +12,16 @@ from pathlib import Path
 import mlflow
 
 from alia.cards import write_embedder_card
-from alia.embedder import train_embedder
-from alia.params import load_params
-from alia.precision import report, resolve_bf16
-from alia.tables import read_parquet
-from alia.tracking import check_outputs, finish_stage, start_run
+from alia.core.io import read_parquet
+from alia.core.params import load_params
+from alia.core.precision import report, resolve_bf16
+from alia.core.tracking import check_outputs, finish_stage, start_run
+from alia.embedder.training import train_embedder
 
 pretrained_dir, tasks_file, out_dir, seeds_dir, metrics_file, plot_file = map(Path, sys.argv[1:7])
 check_outputs(out_dir, seeds_dir, metrics_file, plot_file)  # an unwritable folder stops it now
 params = load_params("train_embedder")
-# `auto`: bf16 mixed precision where the hardware computes it natively, else float32 (alia.precision)
+# `auto`: bf16 mixed precision where the hardware computes it natively, else float32 (alia.core.precision)
 params["training"]["bf16"] = resolve_bf16(params["training"].get("bf16", False))
 precision = report("train_embedder", bf16=params["training"]["bf16"])
 tasks = read_parquet(tasks_file)

@@ -12,11 +12,11 @@ from pathlib import Path
 from accelerate import PartialState
 
 from alia.cards import write_adapter_card
-from alia.corpora import read_corpus
-from alia.params import load_params
-from alia.precision import report, resolve_bf16, resolve_dtype
-from alia.student import train_adapter, training_examples
-from alia.tracking import check_outputs, finish_stage, start_run
+from alia.core.params import load_params
+from alia.core.precision import report, resolve_bf16, resolve_dtype
+from alia.core.tracking import check_outputs, finish_stage, start_run
+from alia.kd.corpora import read_corpus
+from alia.student.training import train_adapter, training_examples
 
 variant = sys.argv[1]
 corpus, pretrained_dir, out_dir, checkpoint_dir, metrics_file, plot_file = map(Path, sys.argv[2:8])
@@ -24,7 +24,7 @@ check_outputs(out_dir, checkpoint_dir, metrics_file, plot_file)  # an unwritable
 params = load_params("train_student")
 config = params["variants"][variant]
 state = PartialState()  # the process group `accelerate launch` set up (one CPU process by default)
-# `auto`: bf16 where the hardware computes it natively, else float32 (alia.precision)
+# `auto`: bf16 where the hardware computes it natively, else float32 (alia.core.precision)
 sft = params["sft"] | config.get("sft", {})
 sft["bf16"] = resolve_bf16(sft.get("bf16", False))
 dtype = resolve_dtype(params["dtype"])

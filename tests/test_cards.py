@@ -8,8 +8,8 @@ from conftest import REPO
 from huggingface_hub import DatasetCard, ModelCard
 
 from alia.cards import write_dataset_card, write_embedder_card
-from alia.models import SOURCE_FILE
-from alia.tracking import dvc_digest
+from alia.core.models import SOURCE_FILE
+from alia.core.tracking import dvc_digest
 
 
 def test_a_corpus_card_names_its_prompts_teacher_schema_and_licence(tmp_path):

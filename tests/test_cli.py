@@ -6,7 +6,7 @@ from alia.cli import main
 
 
 def test_kg_lists_a_nodes_edges(tables, tmp_path, capsys):
-    from alia.kg import from_tables
+    from alia.data.kg import from_tables
 
     from_tables(tables).write(tmp_path, graphml=False)
     assert main(["kg", "asset:Pump", "--kg-dir", str(tmp_path)]) == 0
@@ -58,7 +58,7 @@ def test_every_overlay_in_configs_names_only_existing_params():
     import yaml
     from conftest import REPO
 
-    from alia.params import overlay_args
+    from alia.core.params import overlay_args
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     for overlay in sorted((REPO / "configs").glob("*.yaml")):
@@ -72,12 +72,29 @@ def test_every_overlay_in_configs_names_only_existing_params():
                 node = node[key]
 
 
-def test_ask_defaults_are_the_paths_eval_agent_reads():
-    """`alia ask` and stage eval_agent use the same pipeline outputs: one is never left behind."""
+def test_ask_defaults_are_the_paths_eval_agent_reads(tmp_path, monkeypatch):
+    """`alia ask` reads its default paths off stage eval_agent's command line: one home, never left behind."""
     import yaml
     from conftest import REPO
 
-    from alia.cli import ASK_DEFAULTS
+    from alia.cli import ask_defaults
 
-    command = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["eval_agent"]["cmd"].split()
-    assert command[2:5] == [ASK_DEFAULTS["embedder"], ASK_DEFAULTS["tasks"], ASK_DEFAULTS["descriptions"]]
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    command = dvc["stages"]["eval_agent"]["cmd"].split()
+    monkeypatch.chdir(REPO)
+    assert (
+        list(ask_defaults().values())
+        == command[2:5]
+        == [
+            "models/embedder",
+            "data/embed/tasks.parquet",
+            "data/embed/descriptions.parquet",
+        ]
+    )
+    # a moved output moves the default with it
+    dvc["stages"]["eval_agent"]["cmd"] = dvc["stages"]["eval_agent"]["cmd"].replace(
+        "models/embedder", "models/e2"
+    )
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(dvc))
+    monkeypatch.chdir(tmp_path)
+    assert ask_defaults()["embedder"] == "models/e2"

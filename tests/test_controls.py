@@ -1,7 +1,7 @@
 """The positive-control corpora say exactly what the tick matrix says."""
 
-from alia.controls import control_qa, control_text
-from alia.scoring import INSTRUCTION
+from alia.student.controls import control_qa, control_text
+from alia.student.formats import INSTRUCTION
 
 
 def test_control_corpora_follow_the_tick_matrix(tables):

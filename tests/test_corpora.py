@@ -1,7 +1,7 @@
 import pandas as pd
 import pyarrow.parquet as pq
 
-from alia.corpora import PassageFilter, corpus_batches, filter_passages, knowledge_items, write_chunks
+from alia.kd.corpora import PassageFilter, corpus_batches, filter_passages, knowledge_requests, write_chunks
 
 
 def passages(texts, ok=None, finish=None):
@@ -96,7 +96,7 @@ def test_knowledge_items_cover_the_three_relations(tables):
             "relevant": pd.array([True, False, True], dtype="boolean"),
         }
     )
-    items = knowledge_items(
+    items = knowledge_requests(
         ["Pumps"],
         class_fms,
         sensors,
@@ -120,7 +120,7 @@ def test_knowledge_items_cover_the_three_relations(tables):
 
 
 def _qa_answers():
-    from alia.prompts import QAPair, QAPairs
+    from alia.llm.prompts import QAPair, QAPairs
 
     answers = pd.DataFrame(
         {
@@ -152,7 +152,7 @@ def _qa_answers():
 
 
 def test_qa_records_without_context_and_duplicate_questions_dropped():
-    from alia.corpora import qa_records
+    from alia.kd.corpora import qa_records
 
     qa, summaries, counts = qa_records(*_qa_answers())
     # the repeat of part 0 differs only in case and spacing; "..." and a statement are no questions
@@ -165,7 +165,7 @@ def test_qa_records_without_context_and_duplicate_questions_dropped():
 
 
 def test_raft_contexts_hold_the_oracle_with_the_given_probability():
-    from alia.corpora import raft_records
+    from alia.kd.corpora import raft_records
 
     summaries = pd.DataFrame(
         {"source_doc_id": [f"d{i}" for i in range(10)], "summary": [f"S{i}" for i in range(10)]}
@@ -190,7 +190,7 @@ def test_raft_contexts_hold_the_oracle_with_the_given_probability():
 
 
 def _entity_answers():
-    from alia.prompts import KeyEntities
+    from alia.llm.prompts import KeyEntities
 
     answers = pd.DataFrame(
         {
@@ -208,7 +208,7 @@ def _entity_answers():
 
 
 def test_key_entities_map_to_known_nodes_and_skip_the_class(rules):
-    from alia.corpora import key_entity_rows
+    from alia.kd.corpora import key_entity_rows
 
     entities = key_entity_rows(
         *_entity_answers(), rules, sensors={"vibration"}, failure_modes={"overheating"}
@@ -224,12 +224,12 @@ def test_key_entities_map_to_known_nodes_and_skip_the_class(rules):
 
 
 def test_extend_items_pick_frequent_entities_and_pairs(rules):
-    from alia.corpora import extend_items, key_entity_rows
+    from alia.kd.corpora import extend_requests, key_entity_rows
 
     entities = key_entity_rows(
         *_entity_answers(), rules, sensors={"vibration"}, failure_modes={"overheating"}
     )
-    items = extend_items(entities, entities_per_class=2, pairs_per_class=1)
+    items = extend_requests(entities, entities_per_class=2, pairs_per_class=1)
     assert items[["kind", "entity", "other"]].values.tolist() == [
         ["entity", "impeller", ""],
         ["entity", "mechanical seal", ""],

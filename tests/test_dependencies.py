@@ -125,10 +125,10 @@ def test_stage_depends_on_the_code_it_runs(stage):
 
 def test_a_removed_dependency_is_caught():
     edited = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))
-    edited["stages"]["kd_base"]["deps"].remove("src/alia/vocabulary.py")
+    edited["stages"]["kd_base"]["deps"].remove("src/alia/data/vocabulary.py")
     edited["stages"]["kd_base"]["deps"].remove("prompts/kd_base.yaml")
     assert dependency_problems(edited) == [
-        "kd_base: imports ['src/alia/vocabulary.py'] but does not depend on them",
+        "kd_base: imports ['src/alia/data/vocabulary.py'] but does not depend on them",
         "kd_base: loads ['prompts/kd_base.yaml'] but does not depend on them",
     ]
 
@@ -166,3 +166,31 @@ def test_params_hold_no_output_path():
     paths = [v for v in leaves(params) if isinstance(v, str) and "/" in v and not v.startswith("package:")]
     assert paths and not [p for p in paths if any(p.startswith(o) for o in outs)]
     assert not [v for v in leaves(params) if isinstance(v, str) and v.endswith(".sqlite")]
+
+
+# src/alia's packages, each importing only those before it; the faces (cli, report, cards) may import any
+LAYERS = ["core", "llm", "data", "kd", "student", "embedder", "agent"]
+
+
+def test_packages_import_only_the_packages_before_them():
+    root = REPO / SRC / "alia"
+    assert sorted(p.name for p in root.iterdir() if p.is_dir() and (p / "__init__.py").exists()) == sorted(
+        LAYERS
+    )
+    upward = []
+    for rank, package in enumerate(LAYERS):
+        for path in sorted((root / package).glob("*.py")):
+            for module in _imported_modules(path):
+                imported = module.split(".")[1] if module.count(".") else package
+                if imported in LAYERS and LAYERS.index(imported) > rank:
+                    upward.append(f"{path.relative_to(REPO)} imports {module}")
+    assert not upward
+
+
+def test_every_stage_gets_its_one_line_errors_from_tracking():
+    """One way for a stage to print a known failure as one line: alia.core.tracking, which every stage
+    imports (it installs alia.core.errors' hook), never a stage's own call."""
+    for script in sorted((REPO / "stages").glob("*.py")):
+        source = script.read_text(encoding="utf-8")
+        assert "alia.core.tracking" in _imported_modules(script), script.name
+        assert "errors.install" not in source, script.name

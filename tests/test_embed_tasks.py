@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 from conftest import RAW, REPO
 
-from alia.embed_tasks import (
+from alia.embedder.tasks import (
     ENTITY_KINDS,
     INSTRUCTIONS,
     add_instructions,

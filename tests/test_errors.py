@@ -13,7 +13,7 @@ import pytest
 import yaml
 from conftest import REPO
 
-from alia.errors import one_line
+from alia.core.errors import one_line
 
 
 def stage_command(name: str, *args: str | Path) -> list[str]:
@@ -157,7 +157,7 @@ def test_a_bug_keeps_its_traceback():
         == "x.csv: no such file or directory"
     )
     result = subprocess.run(
-        [sys.executable, "-c", "import alia.errors as e; e.install(); None.missing"],
+        [sys.executable, "-c", "import alia.core.errors as e; e.install(); None.missing"],
         capture_output=True,
         text=True,
     )

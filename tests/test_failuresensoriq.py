@@ -4,8 +4,8 @@ import shutil
 import pytest
 from conftest import RAW
 
-from alia.failuresensoriq import HUB_DATASET, HUB_FILES, load_mcqa
-from alia.tables import TableError
+from alia.core.io import TableError
+from alia.student.failuresensoriq import HUB_DATASET, HUB_FILES, load_mcqa
 
 EXPERT = RAW / "dev" / "expert_mcqa_50.jsonl"
 

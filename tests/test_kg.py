@@ -3,7 +3,7 @@ import json
 import networkx as nx
 import pytest
 
-from alia.kg import KnowledgeGraph, KnowledgeGraphError, from_tables, node_id
+from alia.data.kg import KnowledgeGraph, KnowledgeGraphError, from_tables, node_id
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from conftest import RAW
 
-from alia.mcqa import (
+from alia.student.questions import (
     PERTURBED_LETTERS,
     build_multi_correct,
     build_questions,

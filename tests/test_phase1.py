@@ -7,11 +7,11 @@ import pytest
 from conftest import REPO, teacher_config
 from fake_openai import FakeOpenAI
 
-from alia.generation import PROVENANCE_COLUMNS
-from alia.kg import add_discovered_sensors, add_relevance, from_tables
-from alia.phase1 import check_relevance, discover_sensors, relevance_items
-from alia.prompts import load_prompt
-from alia.teacher import Teacher
+from alia.data.kg import add_discovered_sensors, add_relevance, from_tables
+from alia.kd.phase1 import check_relevance, discover_sensors, relevance_requests
+from alia.llm.ask import PROVENANCE_COLUMNS
+from alia.llm.client import LLMClient
+from alia.llm.prompts import load_prompt
 
 SENSORS_BY_CLASS = {
     "Pumps": "1. Vibration sensor\n2. **Bearing temperature**\n3. Oil debris/ contamination\n4. Flow meter",
@@ -33,9 +33,9 @@ def relevance_answer(messages):
     return "It depends on the installation."  # no yes/no: re-asked, then a recorded failure
 
 
-def teacher(server, tmp_path) -> Teacher:
+def teacher(server, tmp_path) -> LLMClient:
     config = teacher_config(base_url=server.base_url, model="fake-model", api_key_env=None, max_reasks=1)
-    return Teacher(config, tmp_path / "cache.sqlite")
+    return LLMClient(config, tmp_path / "cache.sqlite")
 
 
 @pytest.fixture
@@ -76,7 +76,7 @@ def test_sensor_discovery_canonicalises_and_keeps_failures(discovered):
 
 
 def test_new_sensors_become_vocabulary_entries(discovered, tables):
-    from alia.phase1 import extend_vocabulary
+    from alia.kd.phase1 import extend_vocabulary
 
     vocab = tables["vocabulary"]
     grown = extend_vocabulary(vocab, discovered[1], load_prompt("sensor_discovery", REPO / "prompts"))
@@ -101,7 +101,7 @@ def test_discovered_sensors_grow_the_kg(discovered, tables):
 
 
 def test_relevance_items_grid(tables, discovered):
-    items = relevance_items(
+    items = relevance_requests(
         tables["class_failure_modes"], discovered[1], failure_modes_per_class=2, sensors_per_class=3
     )
     pumps_fms = tables["class_failure_modes"].query("equipment_class == 'Pumps'")["failure_mode"].tolist()[:2]
@@ -132,7 +132,7 @@ def test_relevance_labels_and_kg_edges(tables, discovered, tmp_path):
 
 
 def test_key_entities_extend_the_kg(tables):
-    from alia.kg import add_key_entities
+    from alia.data.kg import add_key_entities
 
     kg = from_tables(tables)
     entities = pd.DataFrame(

@@ -20,7 +20,7 @@ from conftest import REPO
 from fake_openai import FakeOpenAI
 from huggingface_hub import ModelCard
 
-from alia.precision import device, resolve_dtype
+from alia.core.precision import device, resolve_dtype
 
 PROJECT_FILES = [
     "dvc.yaml",
@@ -325,7 +325,7 @@ def test_sigkill_in_kd_extend_then_repro_repeats_no_answered_request(project):
     import signal
     import time
 
-    from alia.simulated_teacher import SimulatedConfig, SimulatedServer
+    from alia.llm.simulated import SimulatedConfig, SimulatedServer
 
     params_file, original = project / "params.yaml", (project / "params.yaml").read_text()
     cache = project / "data" / "teacher_cache" / "kd_extend.sqlite"
@@ -498,7 +498,13 @@ def test_embedder_and_agent_stages(project, tmp_path):
     original = params_file.read_text()
     params = yaml.safe_load(original)
     params["train_embedder"]["loss"] = "mnrl"
-    params["train_embedder"]["training"] |= {"per_device_train_batch_size": 64, "num_train_epochs": 1}
+    # a few steps, checkpoints chosen on validation twice: the stages' wiring, not the model's quality
+    params["train_embedder"]["training"] |= {
+        "per_device_train_batch_size": 64,
+        "max_steps": 4,
+        "eval_steps": 2,
+        "save_steps": 2,
+    }
     params["train_embedder"]["seeds"] = [3, 4]
     params["eval_agent"] |= {"questions_per_kind": 1}
     with FakeOpenAI(agent_and_description_answer) as server:

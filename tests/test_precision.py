@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from alia import precision
+from alia.core import precision
 
 
 @pytest.fixture

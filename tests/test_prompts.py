@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from alia.prompts import (
+from alia.llm.prompts import (
     KeyEntities,
     QAPairs,
     json_parser,

@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 from conftest import REPO
 
+from alia.core.io import read_json
 from alia.report import offline_page
-from alia.tables import read_json
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(

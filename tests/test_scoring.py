@@ -10,28 +10,12 @@ import pandas as pd
 import pytest
 import torch
 
-from alia.mcqa import build_questions, load_question_set, stratified_sample
-from alia.scoring import (
-    PromptStyle,
-    bootstrap_ci,
-    bootstrap_means,
-    build_prompts,
-    choose,
-    compare,
-    encode_pair,
-    fewshot_indices,
-    label_token,
-    load_model,
-    loglikelihoods,
-    mcnemar_p,
-    next_token_logprobs,
-    paired_difference,
-    prompt_style,
-    read_letter,
-    score_questions,
-    summarise,
-    summary_table,
-)
+from alia.student.engine import encode_pair, label_token, load_model, loglikelihoods, next_token_logprobs
+from alia.student.formats import PromptStyle, build_prompts, fewshot_indices, prompt_style
+from alia.student.questions import build_questions, load_question_set, stratified_sample
+from alia.student.scoring import choose, compare, read_letter, score_questions, summarise
+from alia.student.stats import bootstrap_ci, bootstrap_means, mcnemar_p, paired_difference
+from alia.student.summary import summary_table
 
 PAIRS = [
     ("Question: Which sensor detects bearing damage in a pump?\nAnswer:", " vibration"),

@@ -1,5 +1,5 @@
-"""The simulated teacher (alia.simulated_teacher): a real HTTP server whose answers parse with the
-pipeline's own parsers, the same answer for the same request, and faults that the Teacher survives
+"""The simulated teacher (alia.llm.simulated): a real HTTP server whose answers parse with the
+pipeline's own parsers, the same answer for the same request, and faults that the LLMClient survives
 without answering any prompt twice."""
 
 import random
@@ -8,9 +8,9 @@ import pytest
 from conftest import teacher_config
 from openai import OpenAI
 
-from alia.prompts import load_prompt
-from alia.simulated_teacher import SimulatedConfig, SimulatedServer, answer_text
-from alia.teacher import Teacher
+from alia.llm.client import LLMClient
+from alia.llm.prompts import load_prompt
+from alia.llm.simulated import SimulatedConfig, SimulatedServer, answer_text
 
 PUMP = "Centrifugal pump"
 DOCUMENT = "Bearing wear in a centrifugal pump raises vibration. Oil debris counts rise as the race spalls."
@@ -85,7 +85,7 @@ def test_the_teacher_survives_faults_and_answers_each_prompt_once(tmp_path):
             base_url=faulty.base_url, model="m", api_key_env=None, concurrency=32, timeout=1, retries=8,
             max_reasks=4,
         )  # fmt: skip
-        with Teacher(config, tmp_path / "cache.sqlite") as teacher:
+        with LLMClient(config, tmp_path / "cache.sqlite") as teacher:
             answers = teacher.ask(prompts, parser=prompt.parser())
         stats = faulty.stats()
     metrics = teacher.metrics() | teacher.run_stats()

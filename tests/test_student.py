@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from alia.corpora import read_corpus
-from alia.scoring import load_model
-from alia.student import play_passages, train_adapter, training_examples
+from alia.kd.corpora import read_corpus
+from alia.student.engine import load_model
+from alia.student.training import play_passages, train_adapter, training_examples
 
 LORA = {"r": 4, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
 TRAINING = {  # SFTConfig fields, as params.yaml train_student.sft holds them

@@ -1,8 +1,8 @@
 """The embedder sweeps' collection: which experiments make a sweep, the plot rows, the differences."""
 
 import copy
+import itertools
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,14 +11,17 @@ import pytest
 import yaml
 from conftest import REPO
 
-from alia.sweeps import (
+from alia.embedder.sweeps import (
+    SWEEPS,
     difference,
     experiment_files,
     plot_rows,
+    queue_commands,
     reference,
     settings,
     summary_table,
     sweep_runs,
+    swept_value,
 )
 
 TASKS = ("A2S", "C2FM", "E2CAT", "E2CLT", "EU2SU", "FM2CLS", "FM2CMP", "FM2S", "S2FM")
@@ -143,17 +146,31 @@ def test_the_committed_sweep_plots_render():
 
 
 def test_make_sweeps_queues_the_reference_that_alia_exp_sweeps_compares_against():
-    """The Makefile's SWEEP and REF flags, applied to params.yaml, are alia.sweeps.REFERENCE: else the
-    queued experiments would fall outside every sweep (as a 5-epoch default once made them)."""
-    makefile = (REPO / "Makefile").read_text().replace("\\\n", " ")
-    lines = {name: re.search(rf"^{name} := (.*)$", makefile, re.M).group(1) for name in ("SWEEP", "REF")}
-    flags = re.findall(r"-S (\S+)=(\S+)", lines["SWEEP"] + " " + lines["REF"])
+    """Every experiment `make sweeps` queues (alia.embedder.sweeps.queue_commands), applied to params.yaml,
+    holds the reference's settings except the ones its sweep varies: else it would fall outside every
+    sweep (as a 5-epoch default once made them). Together they cover each sweep's values."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    queued = copy.deepcopy(params)
-    for key, value in flags:
-        *path, last = key.split(".")
-        section = queued
-        for part in path:
-            section = section[part]
-        section[last] = yaml.safe_load(value)
-    assert settings(queued) == settings(reference(params))
+    fixed = settings(reference(params))
+    assert "sweeps: install\n\talia exp queue-sweeps\n" in (REPO / "Makefile").read_text()
+    seen = {sweep: set() for sweep in SWEEPS}
+    for command in queue_commands():
+        assert command[:5] == ["dvc", "exp", "run", "--queue", "eval_embedder"]
+        flags = dict(arg.split("=", 1) for arg in command[6::2])
+        assert flags.pop("eval_embedder.split") == "validation"
+        varied = [k for k, v in flags.items() if "," in v] or ["train_embedder.negatives"]
+        for values in itertools.product(*(flags[k].split(",") for k in varied)):
+            queued = copy.deepcopy(params)
+            for key, value in (flags | dict(zip(varied, values, strict=True))).items():
+                *path, last = key.split(".")
+                section = queued
+                for part in path:
+                    section = section[part]
+                section[last] = yaml.safe_load(value)
+            (sweep,) = [s for s, keys in SWEEPS.items() if set(varied) <= set(keys)]
+            ours = settings(queued)
+            assert {k: v for k, v in ours.items() if k not in SWEEPS[sweep]} == {
+                k: v for k, v in fixed.items() if k not in SWEEPS[sweep]
+            }
+            seen[sweep].add(swept_value(sweep, queued))
+    assert seen["loss"] == {"contrastive", "mnrl", "cached_mnrl", "gist", "contrastive, hard negatives"}
+    assert len(seen["pos_ratio"]) == 8 and len(seen["augment_p"]) == 6

@@ -3,7 +3,8 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from alia.tables import SCHEMAS, TableError, build_tables, read_table, read_tables, write_tables
+from alia.core.io import TableError
+from alia.data.tables import SCHEMAS, build_tables, read_table, read_tables, write_tables
 
 MATRIX = "iso17359/fm_sensor_matrix_long.csv"
 

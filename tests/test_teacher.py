@@ -12,8 +12,8 @@ import pytest
 from conftest import teacher_config
 from fake_openai import FakeOpenAI
 
-from alia.prompts import KeyEntities, json_parser, parse_numbered_list
-from alia.teacher import Teacher, TeacherConfig, TeacherError
+from alia.llm.client import ClientConfig, LLMClient, LLMError
+from alia.llm.prompts import KeyEntities, json_parser, parse_numbered_list
 
 HERE = Path(__file__).parent
 
@@ -24,7 +24,7 @@ def server():
         yield fake
 
 
-def config(server: FakeOpenAI, **overrides) -> TeacherConfig:
+def config(server: FakeOpenAI, **overrides) -> ClientConfig:
     defaults = {"retries": 3, "timeout": 5, "concurrency": 4}
     return teacher_config(
         base_url=server.base_url, model="fake-model", api_key_env=None, **defaults | overrides
@@ -36,7 +36,7 @@ def user(text: str) -> list[dict]:
 
 
 def test_answers_in_order_with_token_counts(server, tmp_path):
-    with Teacher(config(server), tmp_path / "cache.sqlite") as teacher:
+    with LLMClient(config(server), tmp_path / "cache.sqlite") as teacher:
         answers = teacher.ask([user("pump"), user("fan blade")])
     assert [a.text for a in answers] == ["answer to: pump", "answer to: fan blade"]
     assert [a.completion_tokens for a in answers] == [3, 4]
@@ -46,11 +46,11 @@ def test_answers_in_order_with_token_counts(server, tmp_path):
 def test_rows_asked_in_chunks_come_back_in_order_under_one_progress_bar(server, tmp_path, capsys):
     import pandas as pd
 
-    from alia.generation import ask_rows_in_chunks
-    from alia.prompts import load_prompt
+    from alia.llm.ask import ask_rows_in_chunks
+    from alia.llm.prompts import load_prompt
 
     items = pd.DataFrame({"document": [f"passage {i}" for i in range(7)], "style": "toddler"})
-    with Teacher(config(server), tmp_path / "cache.sqlite") as teacher:
+    with LLMClient(config(server), tmp_path / "cache.sqlite") as teacher:
         chunks = list(ask_rows_in_chunks(teacher, load_prompt("kd_rephrase_toddler"), items, "rephrase", 3))
     assert [len(chunk) for chunk, _ in chunks] == [3, 3, 1]
     answers = pd.concat([chunk for chunk, _ in chunks], ignore_index=True)
@@ -62,7 +62,7 @@ def test_rows_asked_in_chunks_come_back_in_order_under_one_progress_bar(server, 
 
 
 def test_retries_then_success(server, tmp_path):
-    with Teacher(config(server), tmp_path / "cache.sqlite") as teacher:
+    with LLMClient(config(server), tmp_path / "cache.sqlite") as teacher:
         answers = teacher.ask([user("[500x2] motor"), user("[429x1] valve"), user("pump")])
     assert all(a.ok for a in answers)
     assert server.calls() == {"[500x2] motor": 3, "[429x1] valve": 2, "pump": 1}
@@ -73,7 +73,7 @@ def test_retries_then_success(server, tmp_path):
 def test_bounded_retries_then_clear_error_with_progress_kept(server, tmp_path):
     prompts = [user("motor"), user("[500xinf] broken"), user("fan")]
     cache = tmp_path / "cache.sqlite"
-    with Teacher(config(server, retries=2), cache) as teacher, pytest.raises(TeacherError) as err:
+    with LLMClient(config(server, retries=2), cache) as teacher, pytest.raises(LLMError) as err:
         teacher.ask(prompts)
     message = str(err.value)
     assert message.startswith(
@@ -83,15 +83,15 @@ def test_bounded_retries_then_clear_error_with_progress_kept(server, tmp_path):
     assert f"the 2 answers that arrived are cached in {cache}" in message
     assert server.calls()["[500xinf] broken"] == 3  # bounded: 1 + 2 retries
     # a re-run resumes: the two finished prompts are not asked again
-    with Teacher(config(server, retries=0), cache) as teacher, pytest.raises(TeacherError):
+    with LLMClient(config(server, retries=0), cache) as teacher, pytest.raises(LLMError):
         teacher.ask(prompts)
     assert server.calls()["motor"] == 1 and server.calls()["fan"] == 1
     assert teacher.run_stats()["cache_hits"] == 2
 
 
 def test_time_outs_are_retried(server, tmp_path):
-    with Teacher(config(server, timeout=0.3, retries=1), tmp_path / "c.sqlite") as teacher:
-        with pytest.raises(TeacherError, match="APITimeoutError"):
+    with LLMClient(config(server, timeout=0.3, retries=1), tmp_path / "c.sqlite") as teacher:
+        with pytest.raises(LLMError, match="APITimeoutError"):
             teacher.ask([user("[sleep=1.0] slow")])
         assert server.calls()["[sleep=1.0] slow"] == 2
         assert teacher.ask([user("[sleep=0.1] a bit slow")])[0].ok  # slow, within the time-out
@@ -99,9 +99,9 @@ def test_time_outs_are_retried(server, tmp_path):
 
 def test_warm_rerun_makes_zero_calls(server, tmp_path):
     prompts = [user(f"sensor {i}") for i in range(12)]
-    with Teacher(config(server), tmp_path / "cache.sqlite") as teacher:
+    with LLMClient(config(server), tmp_path / "cache.sqlite") as teacher:
         first = teacher.ask(prompts)
-    with Teacher(config(server), tmp_path / "cache.sqlite") as teacher:
+    with LLMClient(config(server), tmp_path / "cache.sqlite") as teacher:
         second = teacher.ask(prompts)
     assert len(server.requests) == 12
     assert [a.text for a in second] == [a.text for a in first]
@@ -113,13 +113,13 @@ def test_warm_rerun_makes_zero_calls(server, tmp_path):
 def test_cache_key_covers_sampling_params(server, tmp_path):
     cache = tmp_path / "cache.sqlite"
     for overrides in ({}, {"temperature": 0.1}, {"seed": 7}, {"max_tokens": 64}, {}):
-        with Teacher(config(server, **overrides), cache) as teacher:
+        with LLMClient(config(server, **overrides), cache) as teacher:
             teacher.ask([user("pump")])
     assert server.calls()["pump"] == 4  # the last run repeats the first: a cache hit
 
 
 def test_concurrency_is_bounded(server, tmp_path):
-    with Teacher(config(server, concurrency=3), tmp_path / "cache.sqlite") as teacher:
+    with LLMClient(config(server, concurrency=3), tmp_path / "cache.sqlite") as teacher:
         teacher.ask([user(f"[sleep=0.2] q{i}") for i in range(9)])
     assert server.max_in_flight == 3
 
@@ -128,7 +128,7 @@ def test_invalid_answer_is_reasked_then_parsed(tmp_path):
     def answer(messages):  # a list only once told what was wrong
         return "1. vibration\n2. oil debris" if len(messages) > 1 else "Vibration and oil debris."
 
-    with FakeOpenAI(answer) as server, Teacher(config(server), tmp_path / "c.sqlite") as teacher:
+    with FakeOpenAI(answer) as server, LLMClient(config(server), tmp_path / "c.sqlite") as teacher:
         (result,) = teacher.ask([user("sensors?")], parser=parse_numbered_list)
         assert result.ok and result.parsed == ["vibration", "oil debris"] and result.attempts == 2
         assert teacher.metrics()["reasks"] == 1
@@ -141,7 +141,7 @@ def test_malformed_json_is_reasked_then_validated(tmp_path):
     def answer(messages):  # truncated JSON first, as a small model writes it
         return good if len(messages) > 1 else '```json\n{"summary": "Pumps fail.", "entities": ["pump", "se'
 
-    with FakeOpenAI(answer) as server, Teacher(config(server), tmp_path / "c.sqlite") as teacher:
+    with FakeOpenAI(answer) as server, LLMClient(config(server), tmp_path / "c.sqlite") as teacher:
         (result,) = teacher.ask([user("entities?")], parser=json_parser(KeyEntities))
     assert result.ok and result.parsed.entities == ["pump", "seal", "bearing"] and result.attempts == 2
     assert "could not be used: expected a JSON object" in server.requests[1]["prompt"]
@@ -151,7 +151,7 @@ def test_json_schema_is_sent_as_response_format_and_keys_the_cache(tmp_path):
     good = '{"summary": "Pumps fail.", "entities": ["pump", "seal", "bearing"]}'
     with FakeOpenAI(lambda messages: good) as server:
         for mode, expected in (("auto", "json_schema"), ("json_object", "json_object"), ("off", None)):
-            with Teacher(config(server, structured_output=mode), tmp_path / "c.sqlite") as teacher:
+            with LLMClient(config(server, structured_output=mode), tmp_path / "c.sqlite") as teacher:
                 (result,) = teacher.ask(
                     [user("entities?")], parser=json_parser(KeyEntities), schema=KeyEntities
                 )
@@ -167,7 +167,7 @@ def test_json_schema_is_sent_as_response_format_and_keys_the_cache(tmp_path):
 def test_never_valid_answer_is_a_recorded_failure(tmp_path):
     with (
         FakeOpenAI(lambda messages: "I cannot say.") as server,
-        Teacher(config(server, max_reasks=2), tmp_path / "c.sqlite") as teacher,
+        LLMClient(config(server, max_reasks=2), tmp_path / "c.sqlite") as teacher,
     ):
         results = teacher.ask([user("sensors?"), user("more sensors?")], parser=parse_numbered_list)
     assert len(results) == 2  # never silently dropped
@@ -188,7 +188,7 @@ def test_the_parse_rate_counts_prompts_not_asks(tmp_path):
 
     with (
         FakeOpenAI(answer) as server,
-        Teacher(config(server, max_reasks=1), tmp_path / "c.sqlite") as teacher,
+        LLMClient(config(server, max_reasks=1), tmp_path / "c.sqlite") as teacher,
     ):
         teacher.ask([user("first?"), user("second?"), user("third?")], parser=parse_numbered_list)
     metrics = teacher.metrics()
@@ -200,7 +200,7 @@ def test_api_key_is_sent_and_never_stored(server, tmp_path, monkeypatch):
     secret = "sk-alia-test-0123456789abcdef"
     monkeypatch.setenv("ALIA_TEST_KEY", secret)
     cfg = config(server).model_copy(update={"api_key_env": "ALIA_TEST_KEY"})
-    with Teacher(cfg, tmp_path / "cache.sqlite") as teacher:
+    with LLMClient(cfg, tmp_path / "cache.sqlite") as teacher:
         teacher.ask([user("pump")])
     assert server.requests[0]["auth"] == f"Bearer {secret}"
     assert secret.encode() not in (tmp_path / "cache.sqlite").read_bytes()
@@ -211,7 +211,7 @@ def test_a_setup_error_stops_at_once_and_is_not_counted_as_prompt_failures(tmp_p
     """The local server cannot start: one clear error, not one failure per prompt."""
     cfg = teacher_config(local={"model": str(tmp_path / "missing.gguf")})
     with (
-        Teacher(cfg, tmp_path / "c.sqlite") as teacher,
+        LLMClient(cfg, tmp_path / "c.sqlite") as teacher,
         pytest.raises(ValueError, match="must name a GGUF file"),
     ):
         teacher.ask([user("pump"), user("fan")])
@@ -220,7 +220,7 @@ def test_a_setup_error_stops_at_once_and_is_not_counted_as_prompt_failures(tmp_p
 
 def test_server_log_folder_is_created(tmp_path):
     """A fresh clone has no logs/ folder (it is ignored by git)."""
-    from alia.llama_server import LocalServer
+    from alia.llm.llama_server import LocalServer
 
     log = tmp_path / "logs" / "teacher_server.log"
     with LocalServer(teacher_config().local, "smollm2", log) as server:
@@ -232,8 +232,8 @@ def test_missing_api_key_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.delenv("ALIA_TEST_KEY", raising=False)
     cfg = teacher_config(base_url="http://127.0.0.1:9/v1", api_key_env="ALIA_TEST_KEY")
     with (
-        Teacher(cfg, tmp_path / "c.sqlite") as teacher,
-        pytest.raises(TeacherError, match="set the environment"),
+        LLMClient(cfg, tmp_path / "c.sqlite") as teacher,
+        pytest.raises(LLMError, match="set the environment"),
     ):
         teacher.ask([user("pump")])
 
@@ -274,7 +274,7 @@ def test_real_local_server_answers_and_is_stopped(tmp_path):
         user("Name one sensor used to monitor a centrifugal pump."),
         user("What does a thermometer measure?"),
     ]
-    with Teacher(cfg, tmp_path / "cache.sqlite") as teacher:
+    with LLMClient(cfg, tmp_path / "cache.sqlite") as teacher:
         answers = teacher.ask(questions)
         server = teacher.server
         assert server.process.poll() is None and server.base_url.startswith("http://127.0.0.1:")
@@ -284,14 +284,14 @@ def test_real_local_server_answers_and_is_stopped(tmp_path):
 
     with (
         pytest.raises(RuntimeError, match="the stage failed"),
-        Teacher(cfg, tmp_path / "other.sqlite") as teacher,
+        LLMClient(cfg, tmp_path / "other.sqlite") as teacher,
     ):
         teacher.ask([user("Say yes.")])
         server = teacher.server
         raise RuntimeError("the stage failed")
     assert server.process.poll() is not None  # stopped on error too
 
-    with Teacher(cfg, tmp_path / "cache.sqlite") as teacher:  # warm: the server is never started
+    with LLMClient(cfg, tmp_path / "cache.sqlite") as teacher:  # warm: the server is never started
         assert [a.text for a in teacher.ask(questions)] == [a.text for a in answers]
         assert teacher.server is None
 
@@ -304,9 +304,9 @@ def test_chat_caches_tool_calls_and_request_fields(tmp_path):
     tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
     with FakeOpenAI(calls_a_tool) as server:
         for _ in range(2):  # the second time from the cache
-            with Teacher(config(server), tmp_path / "cache.sqlite") as teacher:
+            with LLMClient(config(server), tmp_path / "cache.sqlite") as teacher:
                 answer = teacher.chat(user("find pump"), tools=tools, tool_choice="required", stop=["Obs:"])
-        with Teacher(config(server), tmp_path / "cache.sqlite") as teacher:
+        with LLMClient(config(server), tmp_path / "cache.sqlite") as teacher:
             teacher.chat(user("find pump"), tools=tools)  # other request fields: another entry
     assert answer.text == "Looking it up." and answer.ok
     assert answer.tool_calls == [{"id": "c1", "name": "lookup", "arguments": '{"q": "pump"}'}]
@@ -317,11 +317,11 @@ def test_chat_caches_tool_calls_and_request_fields(tmp_path):
 
 def test_a_cache_written_before_tool_calls_still_answers(server, tmp_path):
     cache = tmp_path / "old.sqlite"
-    with Teacher(config(server), cache) as teacher:
+    with LLMClient(config(server), cache) as teacher:
         teacher.ask([user("pump")])
     with sqlite3.connect(cache) as db:  # as the cache table was before it kept tool calls
         db.execute("ALTER TABLE responses DROP COLUMN tool_calls")
-    with Teacher(config(server), cache) as teacher:
+    with LLMClient(config(server), cache) as teacher:
         assert [a.text for a in teacher.ask([user("pump")])] == ["answer to: pump"]
         assert teacher.stats["cache_hits"] == 1 and teacher.chat(user("pump")).tool_calls == []
     assert len(server.requests) == 1

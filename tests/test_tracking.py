@@ -3,7 +3,7 @@ import json
 import mlflow
 import pytest
 
-from alia.tracking import MAX_PARAM_LENGTH, flatten_params, start_run, tracking_uri
+from alia.core.tracking import MAX_PARAM_LENGTH, flatten_params, start_run, tracking_uri
 
 
 @pytest.fixture
@@ -54,7 +54,7 @@ def test_long_params_fit_mlflow_limit():
 
 
 def test_finish_stage_writes_files_and_logs_every_number(store, tmp_path, capsys):
-    from alia.tracking import finish_stage
+    from alia.core.tracking import finish_stage
 
     metrics = {"questions": 40, "d_eval": {"hit@1": 0.25, "ci": [0.1, 0.4], "by": {"pump": 3}}, "ok": True}
     plot = [{"step": 1, "loss": 2.5}]
@@ -73,7 +73,7 @@ def test_finish_stage_writes_files_and_logs_every_number(store, tmp_path, capsys
 
 
 def test_finish_stage_logs_into_the_run_in_progress(store, tmp_path):
-    from alia.tracking import finish_stage
+    from alia.core.tracking import finish_stage
 
     with start_run("train_student", {"lora": {"r": 8}}, variant="kd_qa") as run:
         finish_stage("train_student", {"steps": 2}, tmp_path / "m.json")
@@ -85,7 +85,7 @@ def test_finish_stage_logs_into_the_run_in_progress(store, tmp_path):
 def test_finish_stage_keeps_run_stats_out_of_the_file_and_logs_the_inputs(
     store, tmp_path, monkeypatch, capsys
 ):
-    from alia.tracking import finish_stage
+    from alia.core.tracking import finish_stage
 
     monkeypatch.chdir(tmp_path)  # dvc.lock is read from the repository root, where DVC runs a stage
     (tmp_path / "data").mkdir()

@@ -1,6 +1,6 @@
 import pytest
 
-from alia.vocabulary import Canonicaliser, normalise_text
+from alia.data.vocabulary import Canonicaliser, normalise_text
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import yaml
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
 
-from alia.models import SOURCE_FILE
+from alia.core.models import SOURCE_FILE
 
 # the source tables' licence (data/raw/LICENSE-CC-BY-4.0.txt), which everything derived inherits
 LICENSE = "cc-by-4.0"
@@ -158,9 +158,8 @@ def write_dataset_card(corpus: str | Path, card_file: str | Path) -> Path:
             for row in sorted(seen)
         )
     else:
-        written_by = (
-            "- a template from the tables, no teacher (alia.controls: a positive control that leaks D_eval)"
-        )
+        source = "alia.student.controls: a positive control that leaks D_eval"
+        written_by = f"- a template from the tables, no teacher ({source})"
     data = DatasetCardData(
         pretty_name=name,
         license=LICENSE,

@@ -7,17 +7,29 @@ import json
 import os
 import sys
 
-ASK_DEFAULTS = {
-    "embedder": "models/embedder",
-    "tasks": "data/embed/tasks.parquet",
-    "descriptions": "data/embed/descriptions.parquet",
-}
+
+def ask_defaults(dvc_file: str = "dvc.yaml") -> dict[str, str | None]:
+    """The pipeline outputs `alia ask` reads by default: the paths on stage eval_agent's command line
+    (dvc.yaml, in the current folder, is their one home); none where there is no dvc.yaml."""
+    import shlex
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(dvc_file)
+    if not path.exists():
+        return {"embedder": None, "tasks": None, "descriptions": None}
+    command = shlex.split(yaml.safe_load(path.read_text())["stages"]["eval_agent"]["cmd"])
+    embedder, tasks, descriptions = command[
+        2:5
+    ]  # python stages/eval_agent.py <embedder> <tasks> <descriptions>
+    return {"embedder": embedder, "tasks": tasks, "descriptions": descriptions}
 
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Where alia keeps things on this machine."""
     import alia
-    from alia.tracking import repo_root, tracking_uri
+    from alia.core.tracking import repo_root, tracking_uri
 
     info = {"version": alia.__version__, "repo_root": str(repo_root()), "mlflow_tracking_uri": tracking_uri()}
     print(json.dumps(info, indent=2))
@@ -26,7 +38,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_mcqa(args: argparse.Namespace) -> int:
     """Load FailureSensorIQ-format questions (a local .jsonl or the published dataset) into Parquet."""
-    from alia.failuresensoriq import load_mcqa
+    from alia.student.failuresensoriq import load_mcqa
 
     questions = load_mcqa(args.source, revision=args.revision)
     if args.out:
@@ -38,15 +50,15 @@ def cmd_mcqa(args: argparse.Namespace) -> int:
 
 def cmd_kg(args: argparse.Namespace) -> int:
     """Print a node's neighbours in the knowledge graph."""
-    from alia.kg import KnowledgeGraph
+    from alia.data.kg import KnowledgeGraph
 
     kg = KnowledgeGraph.read(args.kg_dir)
-    if args.node not in kg.graph:
+    if args.node not in kg:
         print(
             f"no node {args.node!r}; node ids look like 'sensor:vibration' or 'asset:Pump'", file=sys.stderr
         )
         return 2
-    for _, dst, data in sorted(kg.graph.out_edges(args.node, data=True), key=lambda e: (e[2]["type"], e[1])):
+    for dst, data in kg.edges_from(args.node):
         context = f" [{data['asset']}]" if data["asset"] else ""
         print(f"{data['type']:<13} {dst}{context}  ({data['source']}: {data['origin']})")
     return 0
@@ -56,11 +68,17 @@ def cmd_ask(args: argparse.Namespace) -> int:
     """Ask the maintenance agent (params.yaml `agent:`); prints its answer, and with --trace its steps."""
     from pathlib import Path
 
-    from alia.agent import agent_from_params, run_agent, write_trace
-    from alia.params import load_params
+    from alia.agent.react import agent_from_params, run_agent, write_trace
+    from alia.core.params import load_params
 
     params = load_params("agent")
     needed = [args.embedder, args.tasks] + ([args.descriptions] if params["augment"] else [])
+    if None in needed:
+        print(
+            "no dvc.yaml here: run `alia ask` in the repository, or give --embedder, --tasks, --descriptions",
+            file=sys.stderr,
+        )
+        return 2
     for path in needed:
         if not Path(path).exists():
             print(f"{path} is missing: run `dvc repro train_embedder` (or `dvc pull`) first", file=sys.stderr)
@@ -85,7 +103,7 @@ def cmd_exp_run(args: argparse.Namespace) -> int:
     """`dvc exp run` with every setting of a params overlay file (configs/*.yaml) as `-S key=value`."""
     import subprocess
 
-    from alia.params import overlay_args
+    from alia.core.params import overlay_args
 
     command = ["dvc", "exp", "run", *overlay_args(args.overlay), *args.dvc_args]
     print(" ".join(command), file=sys.stderr)
@@ -94,12 +112,26 @@ def cmd_exp_run(args: argparse.Namespace) -> int:
 
 def cmd_exp_sweeps(args: argparse.Namespace) -> int:
     """Collect the embedder sweeps' experiments (`make sweeps`) into DVC plots and a Markdown table."""
-    from alia.sweeps import collect
+    from alia.embedder.sweeps import collect
 
     points = collect(args.out)
     print(json.dumps(points))
     print(f"plots: {args.out}/*.json (dvc plots show); table: {args.out}/sweeps.md", file=sys.stderr)
     return 0 if all(points.values()) else 1
+
+
+def cmd_exp_queue_sweeps(args: argparse.Namespace) -> int:
+    """Queue the embedder sweeps as DVC experiments (alia.embedder.sweeps.QUEUE; `make sweeps`)."""
+    import shlex
+    import subprocess
+
+    from alia.embedder.sweeps import queue_commands
+
+    for command in queue_commands():
+        print(shlex.join(command), file=sys.stderr)
+        if not args.dry_run and subprocess.call(command):
+            return 1
+    return 0
 
 
 def cmd_plots_page(args: argparse.Namespace) -> int:
@@ -113,7 +145,7 @@ def cmd_plots_page(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from alia import errors
+    from alia.core import errors
 
     errors.install()
     parser = argparse.ArgumentParser(prog="alia", description=__doc__)
@@ -137,10 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     ask.add_argument("--trace-file", default="logs/agent_trace.jsonl", help="JSONL the trace is appended to")
     ask.add_argument("--cache", default="logs/agent_cache.sqlite", help="the LLM's response cache for `ask`")
-    # the pipeline's outputs, as dvc.yaml's eval_agent stage names them (a test keeps them equal)
-    ask.add_argument("--embedder", default=ASK_DEFAULTS["embedder"], help="the fine-tuned embedder")
-    ask.add_argument("--tasks", default=ASK_DEFAULTS["tasks"], help="embed_tasks' tasks.parquet")
-    ask.add_argument("--descriptions", default=ASK_DEFAULTS["descriptions"], help="its descriptions.parquet")
+    # the pipeline's outputs, as dvc.yaml's eval_agent stage names them
+    defaults = ask_defaults()
+    ask.add_argument("--embedder", default=defaults.get("embedder"), help="the fine-tuned embedder")
+    ask.add_argument("--tasks", default=defaults.get("tasks"), help="embed_tasks' tasks.parquet")
+    ask.add_argument("--descriptions", default=defaults.get("descriptions"), help="its descriptions.parquet")
     ask.set_defaults(func=cmd_ask)
     exp = sub.add_parser("exp", help="experiments with a params overlay file")
     exp_commands = exp.add_subparsers(dest="exp_command", required=True)
@@ -154,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     sweeps = exp_commands.add_parser("sweeps", help=cmd_exp_sweeps.__doc__)
     sweeps.add_argument("--out", default="metrics/sweeps", help="where the plot files and table go")
     sweeps.set_defaults(func=cmd_exp_sweeps)
+    queue = exp_commands.add_parser("queue-sweeps", help=cmd_exp_queue_sweeps.__doc__)
+    queue.add_argument("--dry-run", action="store_true", help="print the dvc commands, queue nothing")
+    queue.set_defaults(func=cmd_exp_queue_sweeps)
     page = sub.add_parser("plots-page", help=cmd_plots_page.__doc__)
     page.add_argument("out", help="e.g. .dvc/offline_plots.html")
     page.set_defaults(func=cmd_plots_page)

@@ -15,8 +15,8 @@ from typing import Any
 
 import pandas as pd
 
-from alia.corpora import corpus_batches, corpus_texts
-from alia.tables import read_json
+from alia.core.io import read_json
+from alia.kd.corpora import corpus_batches, corpus_texts
 
 # DVC's plot templates are Vega-Lite 5 specs; vega-embed compiles them with the inlined Vega-Lite.
 VEGA_LITE_VERSION = "5.21"
@@ -111,7 +111,7 @@ def corpora_section(corpus_stats: Path, corpus_paths: list[Path], sample_chars: 
     for path in corpus_paths:
         name = path.name.removesuffix(".parquet")
         first = next(corpus_batches(path, batch_size=1), None)  # a paper-scale corpus is not read whole
-        sample = corpus_texts(name, first)[0][:sample_chars] if first is not None and len(first) else ""
+        sample = corpus_texts(first)[0][:sample_chars] if first is not None and len(first) else ""
         parts.append(f"<h3>{html.escape(name)}: a sample</h3><blockquote>{html.escape(sample)}…</blockquote>")
     return "\n".join(parts)
 
