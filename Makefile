@@ -36,8 +36,11 @@ $(STAMP): pyproject.toml requirements/constraints.txt requirements/models.txt
 repro: install
 	dvc repro
 
+# Two workers: tests/test_pipeline.py (its tests share one project, in order) on one, every other file
+# on the other; --dist loadfile keeps each file's tests together and in order.
+TEST_WORKERS ?= 2
 test: install
-	pytest
+	pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: install
 	pytest -m "not slow"
