@@ -22,6 +22,7 @@ from alia.embedder.sweeps import (
     summary_table,
     sweep_runs,
     swept_value,
+    write_sweeps,
 )
 
 TASKS = ("A2S", "C2FM", "E2CAT", "E2CLT", "EU2SU", "FM2CLS", "FM2CMP", "FM2S", "S2FM")
@@ -101,6 +102,22 @@ def test_difference_is_welchs_interval():
     diff, half = difference(a, b, "macro", "map@100")
     assert diff == 0.1 and half == pytest.approx(0.1673, abs=1e-3)
     assert difference(a, a, "A2S", "hit@1")[0] == 0
+
+
+def test_nothing_to_collect_leaves_the_committed_sweeps_alone(tmp_path):
+    """`alia exp sweeps` without sweep experiments once emptied metrics/sweeps/*.json to []."""
+    for name in ("loss.json", "pos_ratio.json", "augment_p.json", "sweeps.md"):
+        (tmp_path / name).write_text((REPO / "metrics" / "sweeps" / name).read_text())
+    before = {f.name: f.read_text() for f in tmp_path.iterdir()}
+    ref = reference(DEFAULTS)
+    write_sweeps(dict.fromkeys(SWEEPS, []), ref, tmp_path)
+    assert {f.name: f.read_text() for f in tmp_path.iterdir()} == before
+    # one sweep with points: its file and the summary are rewritten, the empty sweeps' files kept
+    points = sweep_runs([run(augment_p=a) for a in (0.5, 0.2)], ref)
+    write_sweeps(points | {"loss": [], "pos_ratio": []}, ref, tmp_path)
+    assert [r["augment_p"] for r in json.loads((tmp_path / "augment_p.json").read_text())] == [0.2, 0.5]
+    assert (tmp_path / "loss.json").read_text() == before["loss.json"]
+    assert "## augment_p" in (tmp_path / "sweeps.md").read_text()
 
 
 def test_experiment_files_reads_validation_runs_from_commits(tmp_path):

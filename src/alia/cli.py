@@ -116,6 +116,13 @@ def cmd_exp_sweeps(args: argparse.Namespace) -> int:
 
     points = collect(args.out)
     print(json.dumps(points))
+    empty = [sweep for sweep, n in points.items() if not n]
+    if empty:
+        print(
+            f"no experiments to collect for {', '.join(empty)} (run `make sweeps` first): "
+            f"{args.out}/ left as it was for them",
+            file=sys.stderr,
+        )
     print(f"plots: {args.out}/*.json (dvc plots show); table: {args.out}/sweeps.md", file=sys.stderr)
     return 0 if all(points.values()) else 1
 

@@ -217,8 +217,16 @@ def collect(out_dir: str | Path, root: str | Path = ".") -> dict[str, int]:
     ]
     ref = reference(yaml.safe_load((Path(root) / "params.yaml").read_text()))
     swept = sweep_runs(experiment_files(revs, root), ref)
+    write_sweeps(swept, ref, out_dir)
+    return {sweep: len(points) for sweep, points in swept.items()}
+
+
+def write_sweeps(swept: dict[str, list[tuple[Any, dict]]], ref: dict[str, Any], out_dir: str | Path) -> None:
+    """Each sweep that has points as its plot rows, and the summary if any has: a sweep with no
+    experiments to collect leaves the committed files as they are."""
     out_dir = Path(out_dir)
     for sweep, points in swept.items():
-        write_json(out_dir / f"{sweep}.json", plot_rows(sweep, points) if points else [])
-    (out_dir / "sweeps.md").write_text(summary_table(swept, ref))
-    return {sweep: len(points) for sweep, points in swept.items()}
+        if points:
+            write_json(out_dir / f"{sweep}.json", plot_rows(sweep, points))
+    if any(swept.values()):
+        (out_dir / "sweeps.md").write_text(summary_table(swept, ref))
