@@ -106,7 +106,7 @@ def test_difference_is_welchs_interval():
 
 def test_nothing_to_collect_leaves_the_committed_sweeps_alone(tmp_path):
     """`alia exp sweeps` without sweep experiments once emptied metrics/sweeps/*.json to []."""
-    for name in ("loss.json", "pos_ratio.json", "augment_p.json", "sweeps.md"):
+    for name in [f"{sweep}.json" for sweep in SWEEPS] + ["sweeps.md"]:
         (tmp_path / name).write_text((REPO / "metrics" / "sweeps" / name).read_text())
     before = {f.name: f.read_text() for f in tmp_path.iterdir()}
     ref = reference(DEFAULTS)
