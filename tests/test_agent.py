@@ -313,6 +313,35 @@ def test_alia_ask_prints_the_answer_and_the_trace(
     assert (tmp_path / "logs" / "agent_cache.sqlite").exists()
 
 
+def test_alia_ask_without_an_answer_says_so_and_exits_non_zero(
+    tools, tiny_embedder, tasks_file, tmp_path, monkeypatch, capsys
+):
+    import yaml
+
+    from alia.cli import main
+
+    def never_answers(messages: list[dict]) -> dict:
+        call = {
+            "id": f"call_{len(messages)}",
+            "type": "function",
+            "function": {"name": "sensors_for_asset", "arguments": '{"asset": "Fan"}'},
+        }
+        return {"content": "", "tool_calls": [call]}
+
+    agent = {"augment": False, "k": 5, "min_score": None, "max_steps": 2, "tool_calling": "native"}
+    agent |= {"llm": {"temperature": 0.0}}
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "prompts" / "agent.yaml").write_text((REPO / "prompts" / "agent.yaml").read_text())
+    monkeypatch.chdir(tmp_path)
+    with FakeOpenAI(never_answers) as server:
+        teacher = teacher_config(base_url=server.base_url, model="fake-model", api_key_env=None).model_dump()
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump({"teacher": teacher, "agent": agent}))
+        code = main(["ask", "Fan sensors?", "--embedder", str(tiny_embedder[0]), "--tasks", str(tasks_file)])
+    printed = capsys.readouterr()
+    assert code == 1 and printed.out == ""  # no raw action passed off as an answer
+    assert printed.err.splitlines()[-1].startswith("no answer within 2 steps (max_steps_error")
+
+
 def test_an_endpoint_failure_stops_the_evaluation(tools, tasks, tmp_path):
     questions = agent_questions(tasks, "test", per_kind=1, seed=0)
     questions["question"] = questions["question"] + " [500xinf]"  # the fake server always fails

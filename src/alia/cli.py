@@ -90,12 +90,14 @@ def cmd_ask(args: argparse.Namespace) -> int:
     if args.trace:
         for record in run.trace[1:-1]:
             print(json.dumps(record, default=str))
-    print(run.answer)
-    if run.state != "success":
+    if run.state != "success":  # what it holds then is the last action, not an answer
         print(
-            f"({run.state}: the agent used its {params['max_steps']} steps without final_answer)",
+            f"no answer within {params['max_steps']} steps ({run.state}: the agent never called "
+            "final_answer); --trace shows its steps",
             file=sys.stderr,
         )
+        return 1
+    print(run.answer)
     return 0
 
 
@@ -141,6 +143,17 @@ def cmd_exp_queue_sweeps(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_exp_transfer(args: argparse.Namespace) -> int:
+    """Run the transfer rung (configs/transfer/cpu.yaml, docs/student.md): oracle facts of some assets,
+    students scored on the others'; resumes an interrupted run."""
+    from alia.student.transfer_run import run
+
+    summary = run(args.config, args.out)
+    print(json.dumps({name: r["vs_untuned"] for name, r in summary["results"].items()}))
+    print(f"table: {args.out}/transfer.md", file=sys.stderr)
+    return 0
+
+
 def cmd_plots_page(args: argparse.Namespace) -> int:
     """Write the offline HTML page that `dvc plots show` fills (.dvc/config plots.html_template)."""
     from pathlib import Path
@@ -151,6 +164,7 @@ def cmd_plots_page(args: argparse.Namespace) -> int:
     return 0
 
 
+# Long because it is the whole argument parser, one subcommand after another.
 def main(argv: list[str] | None = None) -> int:
     from alia.core import errors
 
@@ -197,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     queue = exp_commands.add_parser("queue-sweeps", help=cmd_exp_queue_sweeps.__doc__)
     queue.add_argument("--dry-run", action="store_true", help="print the dvc commands, queue nothing")
     queue.set_defaults(func=cmd_exp_queue_sweeps)
+    transfer = exp_commands.add_parser("transfer", help=cmd_exp_transfer.__doc__)
+    transfer.add_argument("config", nargs="?", default="configs/transfer/cpu.yaml")
+    transfer.add_argument("--out", default="metrics/transfer", help="where transfer.json and transfer.md go")
+    transfer.set_defaults(func=cmd_exp_transfer)
     page = sub.add_parser("plots-page", help=cmd_plots_page.__doc__)
     page.add_argument("out", help="e.g. .dvc/offline_plots.html")
     page.set_defaults(func=cmd_plots_page)
