@@ -4,6 +4,7 @@ a fake OpenAI-compatible server on 127.0.0.1 that scripts the tool calls."""
 
 import json
 import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -257,15 +258,17 @@ def test_an_agent_run_with_json_actions_sends_the_action_schema(tools, tmp_path)
     assert run.answer == "vibration" and run.state == "success"
 
 
-def test_evaluation_counts_failures_and_scores_answers(tools, tasks, tmp_path):
-    def never_answers(messages: list[dict]) -> dict:
-        call = {
-            "id": "c",
-            "type": "function",
-            "function": {"name": "sensors_for_asset", "arguments": '{"asset": "Fan"}'},
-        }
-        return {"content": "", "tool_calls": [call]}
+def never_answers(messages: list[dict]) -> dict:
+    """An LLM that calls a tool at every step and never final_answer."""
+    call = {
+        "id": "c",
+        "type": "function",
+        "function": {"name": "sensors_for_asset", "arguments": '{"asset": "Fan"}'},
+    }
+    return {"content": "", "tool_calls": [call]}
 
+
+def test_evaluation_counts_failures_and_scores_answers(tools, tasks, tmp_path):
     questions = agent_questions(tasks, "test", per_kind=1, seed=0)
     vocabulary = sorted({i for cs in tasks["candidates"] for i in cs})
     with (
@@ -281,22 +284,28 @@ def test_evaluation_counts_failures_and_scores_answers(tools, tasks, tmp_path):
     assert {r["question_id"] for r in trace} == set(questions["question_id"])
 
 
+def _ask_project(root: Path, server: FakeOpenAI, max_steps: int) -> None:
+    """What `alia ask` reads in a folder: params.yaml (the teacher behind `server`, the agent's
+    settings) and the agent's prompt."""
+    import yaml
+
+    agent = {"augment": False, "k": 5, "min_score": None, "max_steps": max_steps, "tool_calling": "native"}
+    agent |= {"llm": {"temperature": 0.0}}
+    (root / "prompts").mkdir()
+    (root / "prompts" / "agent.yaml").write_text((REPO / "prompts" / "agent.yaml").read_text())
+    teacher = teacher_config(base_url=server.base_url, model="fake-model", api_key_env=None).model_dump()
+    (root / "params.yaml").write_text(yaml.safe_dump({"teacher": teacher, "agent": agent}))
+
+
 def test_alia_ask_prints_the_answer_and_the_trace(
     tools, tiny_embedder, tasks_file, tmp_path, monkeypatch, capsys
 ):
-    import yaml
-
     from alia.cli import main
 
-    agent = {"augment": False, "k": 5, "min_score": None, "max_steps": 5, "tool_calling": "native"}
-    agent |= {"llm": {"temperature": 0.0}}
     paths = ["--embedder", str(tiny_embedder[0]), "--tasks", str(tasks_file)]
-    (tmp_path / "prompts").mkdir()
-    (tmp_path / "prompts" / "agent.yaml").write_text((REPO / "prompts" / "agent.yaml").read_text())
     monkeypatch.chdir(tmp_path)
     with FakeOpenAI(scripted_native) as server:
-        teacher = teacher_config(base_url=server.base_url, model="fake-model", api_key_env=None).model_dump()
-        (tmp_path / "params.yaml").write_text(yaml.safe_dump({"teacher": teacher, "agent": agent}))
+        _ask_project(tmp_path, server, max_steps=5)
         assert main(["ask", "High temperature on a compressor?", "--trace", *paths]) == 0
     printed = capsys.readouterr().out.splitlines()
     first_mode = tools.failure_modes_for_sensor("Compressor", "temperature")[0]["item"]
@@ -316,26 +325,11 @@ def test_alia_ask_prints_the_answer_and_the_trace(
 def test_alia_ask_without_an_answer_says_so_and_exits_non_zero(
     tools, tiny_embedder, tasks_file, tmp_path, monkeypatch, capsys
 ):
-    import yaml
-
     from alia.cli import main
 
-    def never_answers(messages: list[dict]) -> dict:
-        call = {
-            "id": f"call_{len(messages)}",
-            "type": "function",
-            "function": {"name": "sensors_for_asset", "arguments": '{"asset": "Fan"}'},
-        }
-        return {"content": "", "tool_calls": [call]}
-
-    agent = {"augment": False, "k": 5, "min_score": None, "max_steps": 2, "tool_calling": "native"}
-    agent |= {"llm": {"temperature": 0.0}}
-    (tmp_path / "prompts").mkdir()
-    (tmp_path / "prompts" / "agent.yaml").write_text((REPO / "prompts" / "agent.yaml").read_text())
     monkeypatch.chdir(tmp_path)
     with FakeOpenAI(never_answers) as server:
-        teacher = teacher_config(base_url=server.base_url, model="fake-model", api_key_env=None).model_dump()
-        (tmp_path / "params.yaml").write_text(yaml.safe_dump({"teacher": teacher, "agent": agent}))
+        _ask_project(tmp_path, server, max_steps=2)
         code = main(["ask", "Fan sensors?", "--embedder", str(tiny_embedder[0]), "--tasks", str(tasks_file)])
     printed = capsys.readouterr()
     assert code == 1 and printed.out == ""  # no raw action passed off as an answer

@@ -35,7 +35,6 @@ from alia.student.scoring import compare
 from alia.student.stats import bootstrap_ci, clusters
 
 Arm = Literal["template", "teacher", "shuffled"]
-ARMS: tuple[str, ...] = ("template", "teacher", "shuffled")
 LABEL = "oracle facts: the true tick matrix of the other assets; no question about a training asset scored"
 
 
@@ -166,6 +165,22 @@ def facts_lookup(questions: pd.DataFrame, matrix: pd.DataFrame) -> np.ndarray:
 # --- the pooled table -----------------------------------------------------------------------------
 
 
+def accuracies(scored: pd.DataFrame, resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Accuracy per scorer (letter, log-likelihood) on all, selection and elimination questions, each
+    with its 95% interval over question clusters."""
+    scored = scored.reset_index(drop=True)
+    groups = clusters(scored)
+    accuracy: dict[str, Any] = {"questions": len(scored)}
+    for scorer, column in (("letter", "letter_acc"), ("loglikelihood", "ll_acc")):
+        if column in scored:
+            for key, keep in _forms(scored).items():
+                accuracy[f"{scorer}_acc_{key}"] = round(float(scored.loc[keep, column].mean()), 4)
+                accuracy[f"{scorer}_acc_{key}_ci95"] = bootstrap_ci(
+                    scored.loc[keep, column], groups[keep], resamples, seed
+                )
+    return accuracy
+
+
 def pooled_results(
     predictions: dict[str, pd.DataFrame], untuned: pd.DataFrame, resamples: int = 1000, seed: int = 0
 ) -> dict[str, Any]:
@@ -176,29 +191,17 @@ def pooled_results(
     for name, scored in predictions.items():
         scored = scored.reset_index(drop=True)
         base = untuned.set_index("id").loc[scored["id"]].reset_index()
-        groups = clusters(scored)
-        accuracy = {}
-        for scorer, column in (("letter", "letter_acc"), ("loglikelihood", "ll_acc")):
-            if column in scored:
-                for key, keep in _forms(scored).items():
-                    accuracy[f"{scorer}_acc_{key}"] = round(float(scored.loc[keep, column].mean()), 4)
-                    accuracy[f"{scorer}_acc_{key}_ci95"] = bootstrap_ci(
-                        scored.loc[keep, column], groups[keep], resamples, seed
-                    )
-        results[name] = {
-            "questions": len(scored),
-            **accuracy,
-            "vs_untuned": compare(scored, base, resamples, seed),
+        by_direction = {}
+        for direction in sorted(scored["direction"].unique()):
             # a chat corpus may hold one direction only: what reaches the other is a result of its own
-            "vs_untuned_by_direction": {
-                direction: compare(
-                    scored[keep].reset_index(drop=True), base[keep].reset_index(drop=True), resamples, seed
-                )
-                for direction in sorted(scored["direction"].unique())
-                if (keep := (scored["direction"] == direction).to_numpy()).any()
-            }
-            if "direction" in scored
-            else {},
+            keep = (scored["direction"] == direction).to_numpy()
+            by_direction[direction] = compare(
+                scored[keep].reset_index(drop=True), base[keep].reset_index(drop=True), resamples, seed
+            )
+        results[name] = {
+            **accuracies(scored, resamples, seed),
+            "vs_untuned": compare(scored, base, resamples, seed),
+            "vs_untuned_by_direction": by_direction,
         }
     return results
 

@@ -35,6 +35,7 @@ from alia.student.training import fingerprint, train_adapter, training_examples
 from alia.student.transfer import (
     LABEL,
     TransferConfig,
+    accuracies,
     asset_folds,
     direction_table,
     facts_lookup,
@@ -93,16 +94,21 @@ class Rung:
 
     def training_matrix(self, k: int) -> pd.DataFrame:
         train = self.matrix[~self.matrix["asset"].isin(self.folds[k])]
-        assert not set(train["asset"]) & set(self.folds[k])  # no held-out asset's fact is written
         return train.reset_index(drop=True)
+
+    @staticmethod
+    def _kept(name: str, key: str) -> pd.DataFrame | None:
+        """The predictions `name` as kept, if they were made by what `key` fingerprints."""
+        path = WORK / "predictions" / f"{name}.parquet"
+        kept = read_parquet(path) if path.exists() else None
+        return kept if kept is not None and len(kept) and (kept["fingerprint"] == key).all() else None
 
     def _scored(self, name: str, model_dir: Path, k: int, key: str, in_sample: bool = False) -> pd.DataFrame:
         """The model's predictions on fold k's held-out (or `in_sample`) questions: kept, or scored now."""
+        kept = self._kept(name, key)
+        if kept is not None:
+            return kept
         path = WORK / "predictions" / f"{name}.parquet"
-        if path.exists():
-            kept = read_parquet(path)
-            if len(kept) and (kept["fingerprint"] == key).all():
-                return kept
         started = time.monotonic()
         questions = {"held_out": self.held_out(k, in_sample)}
         _, _, predictions = evaluate_model(model_dir, questions, self.mcqa, desc=name)
@@ -126,23 +132,17 @@ class Rung:
             corpus, fmt, self.recipe["replay_fraction"], None, self.sft["seed"]
         )
         key = fingerprint(str(self.pretrained_dir), examples, self.recipe, self.mcqa, self.folds[k])
-        path, trained = WORK / "predictions" / f"{name}.parquet", WORK / "training" / f"{name}.json"
-        if (
-            path.exists()
-            and trained.exists()
-            and (read_parquet(path, columns=["fingerprint"])["fingerprint"] == key).all()
-        ):
-            return read_parquet(path)
+        kept = self._kept(name, key) if (WORK / "training" / f"{name}.json").exists() else None
+        if kept is not None:
+            return kept
         self._train(name, k, arm, fmt, examples, counts)
         return self._scored(name, MODELS / name, k, key)
 
-    def in_sample(self, k: int, arm: str, fmt: str) -> pd.DataFrame:
-        """A trained unit on the questions about its own training assets: whether it learned what it
-        read at all (a leak by design, labelled `_in_sample`; never a transfer result)."""
+    def in_sample(self, k: int, arm: str, fmt: str, held_out: pd.DataFrame) -> pd.DataFrame:
+        """A trained unit (its `held_out` predictions) on the questions about its own training assets:
+        whether it learned what it read at all (a leak by design, `_in_sample`; never a transfer result)."""
         name = f"fold{k}_{arm}_{fmt}"
-        key = read_parquet(WORK / "predictions" / f"{name}.parquet", columns=["fingerprint"])["fingerprint"][
-            0
-        ]
+        key = held_out["fingerprint"].iloc[0]
         return self._scored(f"{name}_in_sample", MODELS / name, k, key, in_sample=True)
 
     def _train(self, name: str, k: int, arm: str, fmt: str, examples: list[dict], counts: dict) -> None:
@@ -232,7 +232,7 @@ def run(config_file: str | Path, out_dir: str | Path = "metrics/transfer") -> di
         "label": LABEL,
         "folds": rung.folds,
         "config": config.model_dump(),
-        "untuned": pooled_results({"untuned": untuned}, untuned)["untuned"] | {"vs_untuned": {}},
+        "untuned": accuracies(untuned, resamples, seed),
         "facts_lookup": _lookups(rung, untuned),
         "results": results,
         "teacher_kd_base_filtered": read_json(WORK / "teacher" / "kd_base_filtered.json")
@@ -265,9 +265,11 @@ def _run_units(rung: Rung) -> dict[str, list[pd.DataFrame]]:
                 path = WORK / "corpora" / f"fold{k}_{arm}_{fmt}.parquet"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 corpus.to_parquet(path, index=False)
-                predictions.setdefault(f"{arm}_{fmt}", []).append(rung.unit(k, arm, fmt, corpus))
+                held_out = rung.unit(k, arm, fmt, corpus)
+                predictions.setdefault(f"{arm}_{fmt}", []).append(held_out)
                 if rung.config.in_sample:
-                    predictions.setdefault(f"{arm}_{fmt}_in_sample", []).append(rung.in_sample(k, arm, fmt))
+                    in_sample = rung.in_sample(k, arm, fmt, held_out)
+                    predictions.setdefault(f"{arm}_{fmt}_in_sample", []).append(in_sample)
     return predictions
 
 
@@ -292,16 +294,11 @@ def _lookups(rung: Rung, untuned: pd.DataFrame) -> dict[str, Any]:
     training facts."""
     out: dict[str, Any] = {}
     for name, shuffled in (("true_facts", False), ("shuffled_facts", True)):
-        right = []
+        parts = []
         for k in range(len(rung.folds)):
             matrix = rung.training_matrix(k)
             matrix = shuffle_failure_modes(matrix, rung.config.seed + k) if shuffled else matrix
-            right.append(
-                untuned[untuned["fold"] == k].assign(lookup_acc=lambda q, m=matrix: facts_lookup(q, m))
-            )
-        scored = pd.concat(right, ignore_index=True).assign(letter_acc=lambda q: q["lookup_acc"])
-        result = pooled_results(
-            {name: scored[["id", "form", "asset_name", "failure_mode", "letter_acc"]]}, untuned
-        )
-        out[name] = {k: v for k, v in result[name].items() if not k.startswith("vs_untuned")}
+            questions = untuned[untuned["fold"] == k][["id", "form", "asset_name", "failure_mode"]]
+            parts.append(questions.assign(letter_acc=facts_lookup(untuned[untuned["fold"] == k], matrix)))
+        out[name] = accuracies(pd.concat(parts), rung.mcqa["bootstrap_resamples"], rung.mcqa["seed"])
     return out
