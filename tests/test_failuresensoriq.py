@@ -28,7 +28,7 @@ def _write_lines(path, records):
 @pytest.mark.parametrize(
     "change, message",
     [
-        (lambda r: r.pop("relevancy"), "row 2, column 'relevancy': missing field 'relevancy'"),
+        (lambda r: r.pop("question"), "row 2, column 'question': missing field 'question'"),
         (
             lambda r: r.update(option_ids=["A", "A", "B", "C"]),
             "row 2, column 'option_ids': expected 4 distinct",
@@ -68,3 +68,31 @@ def test_published_dataset_through_the_hub_cache(tmp_path, monkeypatch):
     assert len(questions) == 50
     with pytest.raises(ValueError, match="unknown FailureSensorIQ config 'nope'"):
         load_mcqa("hub:nope")
+
+
+def test_the_published_perturbed_and_multi_correct_files_load(tmp_path):
+    """SimplePert's records (labels "P)".., no relevancy) and the multi-correct file's (no asset_name),
+    their fields as published, go through the one loader: the perturbed count in Acc_All only."""
+    perturbed = {
+        "question": "Which sensor out of the choices can indicate rotor windings fault in electric motor?",
+        "option_ids": ["P)", "Q)", "R)", "S)", "T)"],
+        "options": ["voltage", "coast down time", "torque", "partial discharge", "resistance"],
+        "question_first": True,
+        "correct": [False, False, True, False, False],
+        "text_type": "choice",
+        "subject": "failure_mode_sensor_analysis",
+        "id": 2,
+    }
+    multi = {
+        **{k: v for k, v in perturbed.items() if k != "option_ids"},
+        "correct": [True, False, True, False, False],
+        "relevancy": "relevant_sensors_for_failure_mode",
+        "question_type": "mcp2_positive",
+    }
+    _write_lines(tmp_path / "pert.jsonl", [perturbed])
+    _write_lines(tmp_path / "multi.jsonl", [multi])
+    pert, both = load_mcqa(str(tmp_path / "pert.jsonl")), load_mcqa(str(tmp_path / "multi.jsonl"))
+    assert pert.iloc[0]["option_ids"] == ["P", "Q", "R", "S", "T"] and pert.iloc[0]["relevancy"] == ""
+    assert pert.iloc[0]["id"] == 2
+    assert both.iloc[0]["option_ids"] == list("ABCDE") and both.iloc[0]["asset_name"] == ""
+    assert sum(both.iloc[0]["correct"]) == 2

@@ -223,6 +223,8 @@ def kd_teacher_answer(messages: list[dict]) -> str:
     )
     if "Which sensors can be installed" in text:
         return "1. Vibration sensor\n2. Bearing temperature\n3. Oil debris"
+    if "Reply with the letter" in text:  # eval_teacher: a lettered question
+        return "B"
     if "Can this sensor help detect" in text:
         return "Yes\nIt changes before the failure."
     if "key entities" in text:
@@ -370,8 +372,9 @@ def test_sigkill_in_kd_extend_then_repro_repeats_no_answered_request(project):
 
 @pytest.mark.slow
 def test_student_training_and_evaluation_stages(project):
-    """build_eval -> train_student -> eval_pretrained, eval_student -> mcqa_summary on two variants,
-    tiny budgets: the paired comparison with the base on the same questions."""
+    """build_eval -> train_student -> eval_pretrained, eval_student, eval_teacher -> mcqa_summary on
+    two variants, tiny budgets: the paired comparisons with the base and the teacher on the same
+    questions."""
     params_file = project / "params.yaml"
     original = params_file.read_text()
     params = yaml.safe_load(original)
@@ -394,6 +397,7 @@ def test_student_training_and_evaluation_stages(project):
         "eval_pretrained@student_instruct",
         "eval_student@kd_base",
         "eval_student@kd_qa",
+        "eval_teacher",
         "mcqa_summary",
     ):  # build_eval ran before
         assert f"Running stage '{stage}'" in out
@@ -441,6 +445,21 @@ def test_student_training_and_evaluation_stages(project):
     assert (
         "| student_instruct | letter |" in summary and "| kd_qa (from student_instruct) | letter |" in summary
     )
+
+    # the teacher (a fake endpoint that always answers "B", no logprobs) on the students' questions
+    teacher = yaml.safe_load((project / "metrics" / "mcqa" / "teacher.json").read_text())
+    answers = pd.read_parquet(project / "data" / "eval" / "teacher_predictions.parquet")
+    asked = answers[answers["set"] == "d_eval"]
+    assert sorted(asked["id"]) == sorted(base.loc[base["set"] == "d_eval", "id"])
+    assert (asked["gen_pred"] == 1).all() and not teacher["logprobs_served"]
+    assert teacher["d_eval"]["generative"]["acc_all"] == round((asked["answer_index"] == 1).mean(), 4)
+    assert set(teacher["d_eval"]["vs_students"]) == {"student_instruct", "kd_base", "kd_qa"}
+    assert teacher["expert"]["vs_students"]["kd_qa"]["generative"]["all"]["delta"] == round(
+        answers.loc[answers["set"] == "expert", "gen_acc"].mean()
+        - predictions.loc[predictions["set"] == "expert", "gen_acc"].mean(),
+        4,
+    )
+    assert "### teacher vs each student" in summary and "| teacher (fake-model at " in summary
 
     import mlflow
 

@@ -213,6 +213,7 @@ def _scored(**columns) -> pd.DataFrame:
         "failure_mode": ["seal leak", "seal leak", "unbalance", "misalignment"] * (n // 4),
         "direction": ["fm2sensor"] * n,
         "form": ["selection", "elimination"] * (n // 2),
+        "relevancy": ["relevant_sensors_for_failure_mode", "irrelevant_sensors_for_failure_mode"] * (n // 2),
         "options": [["a", "b"], ["a", "b", "c"]] * (n // 2),
         "answer_index": [0] * n,
     }
@@ -297,6 +298,8 @@ def test_summary_table_shows_the_paired_comparison_and_labels_the_controls():
                 "acc_all_ci95": [acc - 0.03, acc + 0.03],
                 "acc_sel": 0.2,
                 "acc_el": 0.3,
+                "acc_sel_pooled": 0.25,
+                "acc_el_pooled": 0.35,
             },
         }
         out = {"model": "m", "base_model": "m", "prompt_style": "chat", "d_eval": summary}
@@ -314,18 +317,29 @@ def test_summary_table_shows_the_paired_comparison_and_labels_the_controls():
             out |= {"base": base, "leak": leak}
         return out
 
+    teacher = result(0.36) | {"model": "smollm2", "endpoint": "local"}
+    paired = {"delta": 0.06, "ci95": [0.01, 0.11], "p_mcnemar": 0.02, "mde": 0.05}
+    teacher["d_eval"]["vs_students"] = {"kd_qa": {"letter": {"all": paired, "sel": paired}}}
     table = summary_table(
         {
             "student_instruct": result(0.30),
             "kd_qa": result(0.32, "student_instruct", delta=0.02),
             "control_qa": result(0.45, "student_instruct", leak=True, delta=0.15),
+            "teacher": teacher,
         }
     )
     assert "## d_eval: 800 of 2667 questions" in table
-    assert "| student_instruct | letter | 0.300 [0.27, 0.33] | 0.200 | 0.300 | - | - | - | - | - |" in table
     assert (
-        "| kd_qa (from student_instruct) | letter | 0.320 [0.29, 0.35] | 0.200 | 0.300 "
+        "| student_instruct | letter | 0.300 [0.27, 0.33] | 0.200 | 0.300 | 0.250 | 0.350 | - | - | - | - | - |"
+        in table
+    )
+    assert (
+        "| kd_qa (from student_instruct) | letter | 0.320 [0.29, 0.35] | 0.200 | 0.300 | 0.250 | 0.350 "
         "| +0.020 [+0.000, +0.040] | 0.001 | 0.031 |" in table
     )
+    # the teacher: named by its model and endpoint, and paired with each student
+    assert "| teacher (smollm2 at local) | letter | 0.360 [0.33, 0.39] |" in table
+    assert "### teacher vs each student: teacher - student on the same questions" in table
+    assert "| kd_qa | letter | +0.060 [+0.010, +0.110] | 0.02 | 0.050 | +0.060 [+0.010, +0.110] | - |" in table
     controls = table.index("### Positive controls")
     assert table.index("| control_qa (from student_instruct)") > controls > table.index("| kd_qa")

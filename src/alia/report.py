@@ -180,14 +180,15 @@ def training_section(student_curves: list[Path], embedder_curve: Path) -> str:
 
 
 def mcqa_section(mcqa_metrics: list[Path], question_set: str = "d_eval", mode: str = "letter") -> str:
-    """Accuracy per model on selection and elimination questions, each with its 95% interval."""
+    """Accuracy per model (the teacher's among them) on FailureSensorIQ's Acc_Sel and Acc_El questions
+    (failure mode -> sensor; alia.student.scoring.SUBSETS), each with its 95% interval."""
     points, rows = [], []
     for path in mcqa_metrics:
         scores = read_json(path).get(question_set, {}).get(mode)
         if not scores:
             continue
         row = {"model": path.stem, "questions": scores.get("questions_all")}
-        for form, label in (("sel", "selection"), ("el", "elimination")):
+        for form, label in (("sel", "Acc_Sel"), ("el", "Acc_El")):
             if f"acc_{form}" not in scores:
                 continue
             accuracy, (low, high) = scores[f"acc_{form}"], scores[f"acc_{form}_ci95"]

@@ -71,7 +71,7 @@ def overlay_args(path: str | Path, params_file: str | Path = "params.yaml") -> l
 Dtype = Literal[(AUTO, *DTYPES)]  # alia.core.precision
 Loss = Literal["contrastive", "mnrl", "cached_mnrl", "gist"]  # alia.embedder.training.LOSSES
 Format = Literal["text", "chat"]  # alia.student.training.FORMATS
-Mode = Literal["letter", "loglikelihood", "generative"]  # alia.student.scoring.MODES
+Mode = Literal["letter", "loglikelihood", "generative", "leaderboard"]  # alia.student.scoring.MODES
 PositiveInt = Annotated[int, Field(ge=1)]
 Count = Annotated[int, Field(ge=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
@@ -208,6 +208,7 @@ class MCQA(Section):
     prompt_style: Literal["auto", "chat", "kshot"]
     num_fewshot: Count
     max_new_tokens: PositiveInt
+    leaderboard_max_new_tokens: PositiveInt
     batch_size: PositiveInt
     dtype: Dtype
     bootstrap_resamples: PositiveInt
@@ -216,6 +217,13 @@ class MCQA(Section):
 
 class EvalPretrained(Section):
     models: Annotated[list[str], Field(min_length=1)]
+
+
+class EvalTeacher(Section):
+    sets: Annotated[list[str], Field(min_length=1)]  # of mcqa.sets: the students' samples
+    modes: Annotated[list[Literal["letter", "generative", "leaderboard"]], Field(min_length=1)]
+    top_logprobs: PositiveInt
+    teacher: TeacherOverrides = {}
 
 
 class EmbedTasks(Section):
@@ -274,6 +282,7 @@ SECTIONS: dict[str, Any] = {
     "train_student": TrainStudent,
     "mcqa": MCQA,
     "eval_pretrained": EvalPretrained,
+    "eval_teacher": EvalTeacher,
     "embed_tasks": EmbedTasks,
     "train_embedder": TrainEmbedder,
     "eval_embedder": EvalEmbedder,

@@ -37,30 +37,33 @@ class ResponseCache:
         self.db.execute(
             "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, model TEXT, messages TEXT, "
             "sampling TEXT, text TEXT, finish_reason TEXT, prompt_tokens INTEGER, "
-            "completion_tokens INTEGER, created REAL, tool_calls TEXT)"
+            "completion_tokens INTEGER, created REAL, tool_calls TEXT, top_logprobs TEXT)"
         )
         columns = {row[1] for row in self.db.execute("PRAGMA table_info(responses)")}
-        if "tool_calls" not in columns:  # a cache written before tool calls were kept
-            self.db.execute("ALTER TABLE responses ADD COLUMN tool_calls TEXT")
+        for column in ("tool_calls", "top_logprobs"):  # a cache written before they were kept
+            if column not in columns:
+                self.db.execute(f"ALTER TABLE responses ADD COLUMN {column} TEXT")
         self.db.commit()
 
     def get(self, key: str) -> dict[str, Any] | None:
         row = self.db.execute(
-            "SELECT text, finish_reason, prompt_tokens, completion_tokens, tool_calls FROM responses "
-            "WHERE key = ?",
+            "SELECT text, finish_reason, prompt_tokens, completion_tokens, tool_calls, top_logprobs "
+            "FROM responses WHERE key = ?",
             (key,),
         ).fetchone()
         if row is None:
             return None
-        names = ("text", "finish_reason", "prompt_tokens", "completion_tokens", "tool_calls")
+        names = ("text", "finish_reason", "prompt_tokens", "completion_tokens", "tool_calls", "top_logprobs")
         answer = dict(zip(names, row, strict=True))
-        answer["tool_calls"] = json.loads(answer["tool_calls"]) if answer["tool_calls"] else []
+        for name in ("tool_calls", "top_logprobs"):  # JSON lists, NULL when empty
+            answer[name] = json.loads(answer[name]) if answer[name] else []
         return answer
 
     def put(self, key: str, model: str, messages: Sequence[Message], sampling: dict, answer: dict) -> None:
         self.db.execute(
             "INSERT OR REPLACE INTO responses (key, model, messages, sampling, text, finish_reason, "
-            "prompt_tokens, completion_tokens, created, tool_calls) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "prompt_tokens, completion_tokens, created, tool_calls, top_logprobs) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 key,
                 model,
@@ -72,6 +75,7 @@ class ResponseCache:
                 answer["completion_tokens"],
                 time.time(),
                 json.dumps(answer["tool_calls"]) if answer.get("tool_calls") else None,
+                json.dumps(answer["top_logprobs"]) if answer.get("top_logprobs") else None,
             ),
         )
         self.db.commit()

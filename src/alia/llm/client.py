@@ -41,10 +41,9 @@ from alia.llm.simulated import SimulatedConfig, SimulatedServer
 
 LOCAL = "local"
 SIMULATED = "simulated"
-# What a stage's metrics file reports of its teacher use: the same for a cold run and a warm one,
-# which replays every answer from the cache.
-# `parse_rate`, the share of prompts whose answer parsed, is what most often differs between two machines
-# that run the same local teacher (docs/teacher.md: what depends on the machine).
+# What a stage's metrics file reports of its teacher use: the same for a cold run and a warm one, which
+# replays every answer from the cache. `parse_rate`, the share of prompts whose answer parsed, is what
+# most often differs between two machines that run one local teacher (docs/teacher.md).
 COUNTERS = ("prompts", "reasks", "parse_failures", "prompt_tokens", "completion_tokens")
 # What this run alone did (a warm re-run makes no call): MLflow and the log get these, the metrics file
 # does not, so that `dvc metrics diff` shows only changes of the data. new_* count tokens spent by this
@@ -120,6 +119,8 @@ class Answer:
     completion_tokens: int = 0
     finish_reason: str = ""
     tool_calls: list[dict[str, Any]] = field(default_factory=list)  # {id, name, arguments (JSON text)}
+    # the first token's most probable tokens and their log-probabilities, where `logprobs` was asked
+    top_logprobs: list[tuple[str, float]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -149,13 +150,13 @@ class LLMClient:
     def __enter__(self) -> LLMClient:
         return self
 
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     @property
     def server(self) -> LocalServer | SimulatedServer | None:
         """The local or simulated server, once a cache miss has started it."""
         return self._server
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def close(self) -> None:
         if self._server is not None:
@@ -231,6 +232,7 @@ class LLMClient:
                     )
         choice = response.choices[0]
         usage = response.usage
+        first = choice.logprobs.content[0] if choice.logprobs and choice.logprobs.content else None
         answer = {
             "text": choice.message.content or "",
             "finish_reason": choice.finish_reason or "",
@@ -240,6 +242,7 @@ class LLMClient:
                 {"id": c.id, "name": c.function.name, "arguments": c.function.arguments}
                 for c in choice.message.tool_calls or []
             ],
+            "top_logprobs": [[t.token, t.logprob] for t in first.top_logprobs] if first else [],
         }
         self.cache.put(key, self.config.model, messages, sampling, answer)  # written as it arrives
         self.stats["calls"] += 1
@@ -259,6 +262,7 @@ class LLMClient:
             completion_tokens=raw["completion_tokens"],
             finish_reason=raw["finish_reason"],
             tool_calls=raw["tool_calls"],
+            top_logprobs=[(t, lp) for t, lp in raw.get("top_logprobs", [])],
         )
 
     async def _close_client(self) -> None:
@@ -267,14 +271,12 @@ class LLMClient:
             await self._client.close()
             self._client = None
 
-    async def _ask_one(
-        self, messages: list[Message], parser: Parser | None, response_format: dict | None
-    ) -> Answer:
+    async def _ask_one(self, messages: list[Message], parser: Parser | None, request: dict) -> Answer:
         attempts = 0
         self.stats["prompts"] += 1
         while True:
             attempts += 1
-            answer = self._answer(await self._call(messages, {"response_format": response_format}), attempts)
+            answer = self._answer(await self._call(messages, request), attempts)
             if parser is None:
                 answer.parsed = answer.text
                 return answer
@@ -303,7 +305,7 @@ class LLMClient:
         prompts: Sequence[list[Message]],
         parser: Parser | None,
         progress: tqdm,
-        response_format: dict | None,
+        request: dict,
     ) -> list:
         # `concurrency` workers share one queue of prompts: a paper-scale stage holds as many tasks
         # as requests in flight, not one per prompt (hundreds of thousands)
@@ -313,7 +315,7 @@ class LLMClient:
         async def worker() -> None:
             for i in queue:
                 try:
-                    results[i] = await self._ask_one(prompts[i], parser, response_format)
+                    results[i] = await self._ask_one(prompts[i], parser, request)
                 except openai.OpenAIError as error:  # kept: every other prompt still finishes and is cached
                     results[i] = error
                 progress.update()
@@ -331,18 +333,18 @@ class LLMClient:
         desc: str = "teacher",
         schema: type[BaseModel] | None = None,
         progress: tqdm | None = None,
+        request: dict[str, Any] | None = None,
     ) -> list[Answer]:
         """Answers for every prompt, in order; with `schema`, the endpoint is asked to constrain each
-        answer to that JSON schema. Raises LLMError if a call still failed after its retries;
-        the answers that did arrive are in the cache, so a re-run resumes from them. `progress`: a
-        bar to advance (one for a stage that asks in chunks), else one of its own named `desc`."""
+        answer to that JSON schema; `request`: further request fields (max_tokens, logprobs, ...), part of
+        the cache key. Raises LLMError if a call still failed after its retries; the answers that did
+        arrive are cached, so a re-run resumes from them. `progress`: a bar to advance, else its own."""
         own = progress is None
         if own:
             progress = tqdm(total=len(prompts), desc=desc, unit="prompt", dynamic_ncols=True)
         try:
-            results = asyncio.run(
-                self._ask_all(prompts, parser, progress, self.config.response_format(schema))
-            )
+            request = (request or {}) | {"response_format": self.config.response_format(schema)}
+            results = asyncio.run(self._ask_all(prompts, parser, progress, request))
         finally:
             if own:
                 progress.close()

@@ -3,8 +3,10 @@ pipeline in the format it asks for, without a model, to rehearse paper-scale run
 
 Answers are deterministic (a hash of the request picks them) and varied: a numbered list of sensors
 for "numbered list" prompts, "Yes"/"No" and a reason for yes/no prompts, the JSON of a summary and
-question-answer pairs or key entities for JSON prompts, and passages of about 300 tokens (bounded
-by `max_tokens`) about the entities the prompt names for everything else. The answers parse with
+question-answer pairs or key entities for JSON prompts, an option's letter for a multiple-choice
+question (its first token's `logprobs` where asked) and the JSON of FailureSensorIQ's leaderboard
+prompt, and passages of about 300 tokens (bounded by `max_tokens`) about the entities the prompt names
+for everything else. The answers parse with
 alia.llm.prompts' parsers; their facts are random, so a simulated corpus measures cost, never quality.
 
 Optional, as a vLLM server behaves: a latency model (time to first token, then tokens/s, at most
@@ -151,11 +153,39 @@ def _question(rng: random.Random, entity: str, asset: str) -> str:
     )
 
 
+def option_labels(ask: str) -> list[str]:
+    """The option labels of a multiple-choice prompt (the students' "A. ..." lines or the leaderboard's
+    "A ..." lines after "Options:"), else []."""
+    if "Reply with the letter" in ask:
+        return re.findall(r"^([A-Z])\. ", ask, re.M)
+    if "Options:\n" in ask:
+        return re.findall(r"^([A-Z])\)? ", ask.split("Options:\n", 1)[1], re.M)
+    return []
+
+
+def first_token_logprobs(text: str, labels: list[str], rng: random.Random, top: int) -> dict:
+    """An OpenAI `logprobs` object for an answer's first token: the labels ranked with the answer's
+    first first, the rest of the `top` made-up words."""
+    first = text.split()[0] if text.split() else ""
+    others = [label for label in labels if label != first] + [w for w in ("The", "I", "Answer") if w != first]
+    scores = sorted((rng.uniform(-8, -1) for _ in others), reverse=True)
+    ranked = [(first, -0.2)] + list(zip(others, scores, strict=True))
+    entries = [{"token": t, "logprob": round(lp, 4), "bytes": None} for t, lp in ranked[:top]]
+    return {"content": [{**entries[0], "top_logprobs": entries}]}
+
+
 def answer_text(messages: list[dict], max_tokens: int, rng: random.Random, malformed: bool = False) -> str:
     """The answer to a conversation, in the format its last user message asks for."""
     ask = messages[-1]["content"] if messages else ""
-    if "could not be used" in ask and len(messages) >= 3:  # a re-ask: answer the original prompt
-        ask = next(m["content"] for m in messages if m["role"] == "user")
+    if ("could not be used" in ask or "Failed to extract" in ask) and len(messages) >= 3:  # a re-ask
+        ask = next(m["content"] for m in messages if m["role"] == "user")  # answers the original prompt
+    if labels := option_labels(ask):  # a multiple-choice question: a letter, or the leaderboard's JSON
+        picked = rng.choice(labels)
+        if "Your output in a single line" not in ask:
+            return "I am not sure." if malformed else picked
+        reasons = {f"option_{label.lower()}": _passage(rng, ask, 12) for label in labels}
+        text = json.dumps(reasons | {"answer": [picked]})
+        return text[: len(text) // 2] if malformed else text
     if "numbered list" in ask:
         if malformed:
             return _passage(rng, ask, min(max_tokens, 60))
@@ -241,12 +271,17 @@ class SimulatedTeacher:
         if self.config.ttft or self.config.tokens_per_s:
             await self._decode(completion_tokens)
         prompt_tokens = sum(_tokens(str(m.get("content") or "")) for m in body.get("messages", []))
+        logprobs = None
+        if body.get("logprobs"):
+            labels = option_labels(next((m["content"] for m in body["messages"] if m["role"] == "user"), ""))
+            top = int(body.get("top_logprobs") or 1)
+            logprobs = first_token_logprobs(text, labels, random.Random(seed + 1), top)
         response = {
             "id": f"chatcmpl-{key[:12]}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": body.get("model", "simulated"),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
                          "finish_reason": "length" if completion_tokens >= max_tokens else "stop"}],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},

@@ -21,7 +21,9 @@ HUB_FILES = {
     "single_true_multi_choice_qa": "failuresensoriq_standard/all.jsonl",
     "multi_true_multi_choice_qa": "failuresensoriq_standard/all_multi_answers.jsonl",
 }
-REQUIRED_FIELDS = ("question", "options", "correct", "relevancy")
+# the published perturbed file (SimplePert: fmsr_filtered_perturbed_data_all_simple.jsonl) has no
+# relevancy, asset_name or question_type: "" there, so its questions count in Acc_All only
+REQUIRED_FIELDS = ("question", "options", "correct")
 # the published multi-correct file has no asset_name: "" there
 COLUMNS = ["id", "question", "options", "option_ids", "correct", "asset_name", "relevancy", "question_type"]
 
@@ -93,6 +95,6 @@ def _validate(record: dict, path: Path, line_no: int) -> dict:
         "option_ids": [str(i).strip().rstrip(").") for i in option_ids],
         "correct": correct,
         "asset_name": record.get("asset_name", ""),
-        "relevancy": record["relevancy"],
+        "relevancy": record.get("relevancy", ""),
         "question_type": record.get("question_type", ""),
     }

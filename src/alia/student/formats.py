@@ -41,6 +41,15 @@ def lettered_text(question: str, options: list[str], labels: list[str]) -> str:
     return "\n".join(lines + ["Answer:"])
 
 
+def chat_message(question: str, options: list[str], labels: list[str], correct: list[bool]) -> str:
+    """The user turn of a lettered chat prompt: what an instruct student reads through its template
+    and a teacher endpoint is sent as its one message, so that the two answer the same words."""
+    k = int(sum(correct))
+    reply = GENERATIVE_INSTRUCTION if k == 1 else MULTI_INSTRUCTION.format(k=k)
+    lettered = lettered_text(question, options, labels).removesuffix("\nAnswer:")
+    return f"{INSTRUCTION}\n{lettered}\n{reply}"
+
+
 def fewshot_indices(questions: pd.DataFrame, k: int, seed: int) -> list[list[int]]:
     """For each question, k example questions about other assets (same draw for every model)."""
     if k == 0:
@@ -56,10 +65,8 @@ def fewshot_indices(questions: pd.DataFrame, k: int, seed: int) -> list[list[int
     return examples
 
 
-def build_prompts(
-    questions: pd.DataFrame, style: PromptStyle, tokenizer: PreTrainedTokenizerBase, seed: int = 0
-) -> pd.DataFrame:
-    """Per question, the log-likelihood context and the lettered prompt (letter and generative modes)."""
+def question_rows(questions: pd.DataFrame) -> pd.DataFrame:
+    """The questions indexed 0..n-1, each with its option labels and which options are correct."""
     rows = questions.reset_index(drop=True)
     if "option_ids" not in rows:
         rows = rows.assign(option_ids=[list("ABCDEFGHIJ"[: len(o)]) for o in rows["options"]])
@@ -70,15 +77,23 @@ def build_prompts(
                 for o, a in zip(rows["options"], rows["answer_index"], strict=True)
             ]
         )
+    return rows
+
+
+def build_prompts(
+    questions: pd.DataFrame, style: PromptStyle, tokenizer: PreTrainedTokenizerBase, seed: int = 0
+) -> pd.DataFrame:
+    """Per question, the log-likelihood context and the lettered prompt (letter and generative modes)."""
+    rows = question_rows(questions)
     shots = fewshot_indices(rows, style.num_fewshot, seed)
     contexts, prompts = [], []
     for i, row in rows.iterrows():
-        labels, k = list(row.option_ids), int(sum(row.correct))
-        reply = GENERATIVE_INSTRUCTION if k == 1 else MULTI_INSTRUCTION.format(k=k)
+        labels = list(row.option_ids)
         if style.chat:
             contexts.append(_chat(tokenizer, f"{INSTRUCTION}\n{cloze_text(row.question)}"))
-            lettered = lettered_text(row.question, list(row.options), labels).removesuffix("\nAnswer:")
-            prompts.append(_chat(tokenizer, f"{INSTRUCTION}\n{lettered}\n{reply}"))
+            prompts.append(
+                _chat(tokenizer, chat_message(row.question, list(row.options), labels, row.correct))
+            )
             continue
         examples = [rows.iloc[j] for j in shots[i]]
         contexts.append(

@@ -9,10 +9,15 @@ Three scorers, each a column of per-question right/wrong:
   definitions and tokenisation (benchmarks/mcqa_vs_lm_eval.py). It scores how plausible an option's
   text is, not whether it answers a negated question: blind to elimination by construction;
 - generative (`gen_acc`): the model answers greedily and the letter is read from its answer; an answer
-  with no letter, several letters or a claim that no option is right is undecided.
+  with no letter, several letters or a claim that no option is right is undecided;
+- leaderboard (`leaderboard_acc`): FailureSensorIQ's leaderboard protocol (alia.student.leaderboard):
+  a step-by-step prompt, the answer as JSON, up to 3 asks, an exact match of the chosen set.
 
-Every scorer reports Acc_All, Acc_Sel (selection questions) and Acc_El (elimination questions), and
-per asset, with 95% intervals from a bootstrap over clusters of questions built from the same asset
+Every scorer reports Acc_All, and Acc_Sel / Acc_El as FailureSensorIQ's run_eval.py defines them: the
+failure mode -> sensor selection questions (`relevancy` relevant_sensors_for_failure_mode) and
+elimination questions (irrelevant_sensors_for_failure_mode); the sensor -> failure mode questions count
+in Acc_All only. Acc_Sel_pooled / Acc_El_pooled are all selection / elimination questions, both
+directions. Each with 95% intervals from a bootstrap over clusters of questions built from the same asset
 and failure mode (their paraphrases are not independent). A perturbed copy of each question (options
 reordered, relabelled P, Q, R, ...) gives Acc_Perturb and Consistency (right on both copies) for the
 letter and generative scorers. A trained variant is compared with the model it was trained from on
@@ -41,6 +46,7 @@ from transformers import PreTrainedTokenizerBase
 from alia.core.params import Mode
 from alia.student.engine import generate, label_token, load_model, loglikelihoods, next_token_logprobs
 from alia.student.formats import PromptStyle, build_prompts, prompt_style
+from alia.student.leaderboard import ask_rounds, local_answers
 from alia.student.questions import perturb, stratified_sample
 from alia.student.stats import Z_POWER, bootstrap_ci, bootstrap_means, clusters, paired_difference
 
@@ -51,6 +57,7 @@ SCORERS = {
     "loglikelihood": "ll_acc",
     "loglikelihood_norm": "ll_acc_norm",
     "generative": "gen_acc",
+    "leaderboard": "leaderboard_acc",
 }
 PERTURBED = ("letter", "generative")  # the scorers that read letters, so relabelling can move them
 
@@ -161,6 +168,7 @@ def score_questions(
     seed: int = 0,
     perturbation: bool = True,
     desc: str = "",
+    leaderboard_max_new_tokens: int = 512,
 ) -> pd.DataFrame:
     """One row per question with each mode's pick and whether it is right; with `perturbation`, the
     letter and generative modes also on the perturbed copy (`*_perturbed` columns)."""
@@ -168,8 +176,8 @@ def score_questions(
     if unknown:
         raise ValueError(f"scoring modes {sorted(unknown)}: expected some of {MODES}")
     rows = build_prompts(questions, style, tokenizer, seed)
-    if (rows["answer_index"] < 0).any() and set(modes) != {"letter"}:
-        raise ValueError("multi-correct questions are scored in letter mode only: modes [letter]")
+    if (rows["answer_index"] < 0).any() and not set(modes) <= {"letter", "leaderboard"}:
+        raise ValueError("multi-correct questions are scored in letter and leaderboard modes only")
     if "letter" in modes:
         rows = rows.assign(**letter_picks(model, tokenizer, rows, style, batch_size, f"{desc} letter"))
     if "loglikelihood" in modes:
@@ -184,6 +192,9 @@ def score_questions(
         rows = rows.assign(
             **generative_picks(model, tokenizer, rows, max_new_tokens, batch_size, f"{desc} generate")
         )
+    if "leaderboard" in modes:
+        answer = local_answers(model, tokenizer, leaderboard_max_new_tokens, batch_size)
+        rows = rows.assign(**ask_rounds(rows, answer, f"{desc} leaderboard"))
     if perturbation and set(modes) & set(PERTURBED):
         copy = build_prompts(perturb(questions, seed), style, tokenizer, seed)
         if "letter" in modes:
@@ -199,11 +210,27 @@ def score_questions(
 
 # --- summaries ------------------------------------------------------------------------------------
 
-FORM_KEYS = {"all": None, "sel": "selection", "el": "elimination"}
+# The subsets every accuracy is reported on: a column and the values it keeps (None: every question).
+# sel / el are FailureSensorIQ's (run_eval.py; its 50-question sample spells the labels in the singular).
+SUBSETS = {
+    "all": None,
+    "sel": ("relevancy", ("relevant_sensors_for_failure_mode", "relevant_sensor_for_failure_mode")),
+    "el": ("relevancy", ("irrelevant_sensors_for_failure_mode", "irrelevant_sensor_for_failure_mode")),
+    "sel_pooled": ("form", ("selection",)),
+    "el_pooled": ("form", ("elimination",)),
+}
+
+
+def subset(scored: pd.DataFrame, key: str) -> np.ndarray:
+    """Which rows of `scored` SUBSETS[key] keeps."""
+    if SUBSETS[key] is None:
+        return np.ones(len(scored), bool)
+    column, values = SUBSETS[key]
+    return scored[column].isin(values).to_numpy()
 
 
 def summarise(scored: pd.DataFrame, resamples: int = 1000, seed: int = 0) -> tuple[dict, dict]:
-    """Per scorer: Acc_All, Acc_Sel, Acc_El with cluster-bootstrap 95% intervals (and Acc_Perturb,
+    """Per scorer: accuracy on each of SUBSETS with cluster-bootstrap 95% intervals (and Acc_Perturb,
     Consistency, undecided answers where they apply); and the breakdown per asset, direction, form
     and option count, each with its interval."""
     groups = clusters(scored)
@@ -214,8 +241,8 @@ def summarise(scored: pd.DataFrame, resamples: int = 1000, seed: int = 0) -> tup
             continue
         right = scored[column].to_numpy(float)
         result: dict[str, Any] = {}
-        for key, form in FORM_KEYS.items():
-            keep = np.ones(len(scored), bool) if form is None else (scored["form"] == form).to_numpy()
+        for key in SUBSETS:
+            keep = subset(scored, key)
             if keep.any():
                 result[f"acc_{key}"] = round(float(right[keep].mean()), 4)
                 result[f"acc_{key}_ci95"] = bootstrap_ci(right[keep], groups[keep], resamples, seed)
@@ -259,7 +286,7 @@ def summarise(scored: pd.DataFrame, resamples: int = 1000, seed: int = 0) -> tup
 
 def compare(scored: pd.DataFrame, base: pd.DataFrame, resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Per scorer the paired difference from `base` (the same questions, by id), overall and for
-    selection and elimination questions."""
+    on each of SUBSETS."""
     if sorted(scored["id"]) != sorted(base["id"]):
         raise ValueError(
             f"paired comparison needs the same questions: {len(scored)} vs {len(base)} "
@@ -272,8 +299,8 @@ def compare(scored: pd.DataFrame, base: pd.DataFrame, resamples: int = 1000, see
         if column not in scored or column not in base or scored[column].isna().all():
             continue  # a mode this set was not scored in
         result[scorer] = {}
-        for key, form in FORM_KEYS.items():
-            keep = np.ones(len(scored), bool) if form is None else (scored["form"] == form).to_numpy()
+        for key in SUBSETS:
+            keep = subset(scored, key)
             if keep.any():
                 result[scorer][key] = paired_difference(
                     scored[column].to_numpy()[keep],
@@ -324,6 +351,7 @@ def evaluate_model(
             params["seed"],
             setting["perturbation"],
             desc=f"{desc} {name}",
+            leaderboard_max_new_tokens=params["leaderboard_max_new_tokens"],
         )
         headline, breakdowns[name] = summarise(scored, params["bootstrap_resamples"], params["seed"])
         metrics[name] = {"of": len(questions), "modes": list(setting["modes"]), **headline}

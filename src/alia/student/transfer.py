@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from alia.core.params import Count, Format, Mode, PositiveInt
 from alia.kd.corpora import knowledge_requests
 from alia.student.controls import control_qa, control_text
-from alia.student.scoring import compare
+from alia.student.scoring import SUBSETS, compare, subset
 from alia.student.stats import bootstrap_ci, clusters
 
 Arm = Literal["template", "teacher", "shuffled"]
@@ -166,14 +166,15 @@ def facts_lookup(questions: pd.DataFrame, matrix: pd.DataFrame) -> np.ndarray:
 
 
 def accuracies(scored: pd.DataFrame, resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """Accuracy per scorer (letter, log-likelihood) on all, selection and elimination questions, each
-    with its 95% interval over question clusters."""
+    """Accuracy per scorer (letter, log-likelihood) on each of alia.student.scoring.SUBSETS (Acc_All,
+    FailureSensorIQ's Acc_Sel / Acc_El, ours pooled), each with its 95% interval over question clusters."""
     scored = scored.reset_index(drop=True)
     groups = clusters(scored)
     accuracy: dict[str, Any] = {"questions": len(scored)}
     for scorer, column in (("letter", "letter_acc"), ("loglikelihood", "ll_acc")):
         if column in scored:
-            for key, keep in _forms(scored).items():
+            for key in SUBSETS:
+                keep = subset(scored, key)
                 accuracy[f"{scorer}_acc_{key}"] = round(float(scored.loc[keep, column].mean()), 4)
                 accuracy[f"{scorer}_acc_{key}_ci95"] = bootstrap_ci(
                     scored.loc[keep, column], groups[keep], resamples, seed
@@ -206,18 +207,11 @@ def pooled_results(
     return results
 
 
-def _forms(scored: pd.DataFrame) -> dict[str, np.ndarray]:
-    return {
-        "all": np.ones(len(scored), bool),
-        "sel": (scored["form"] == "selection").to_numpy(),
-        "el": (scored["form"] == "elimination").to_numpy(),
-    }
-
-
 def rung_table(results: dict[str, Any]) -> str:
     """The rung as Markdown: per arm and format, Δ vs untuned (95% CI, McNemar p, MDE) per scorer."""
     lines = [
-        "| arm, format | questions | scorer | Δ all [95% CI] | p | MDE | Δ sel [95% CI] | Δ el [95% CI] |",
+        "| arm, format | questions | scorer | Δ all [95% CI] | p | MDE | Δ Acc_Sel [95% CI] "
+        "| Δ Acc_El [95% CI] |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, result in results.items():
@@ -245,7 +239,7 @@ def direction_table(results: dict[str, Any], scorer: str = "loglikelihood", agai
         cells = [
             _delta(by.get(direction, {}).get(scorer, {}).get(form, {}))
             for direction in ("fm2sensor", "sensor2fm")
-            for form in ("sel", "el")
+            for form in ("sel_pooled", "el_pooled")  # in one direction: its selection, its elimination
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
