@@ -329,10 +329,8 @@ def test_summary_table_shows_the_paired_comparison_and_labels_the_controls():
         }
     )
     assert "## d_eval: 800 of 2667 questions" in table
-    assert (
-        "| student_instruct | letter | 0.300 [0.27, 0.33] | 0.200 | 0.300 | 0.250 | 0.350 | - | - | - | - | - |"
-        in table
-    )
+    untuned = "| student_instruct | letter | 0.300 [0.27, 0.33] | 0.200 | 0.300 | 0.250 | 0.350 |"
+    assert untuned + " - | - | - | - | - |" in table
     assert (
         "| kd_qa (from student_instruct) | letter | 0.320 [0.29, 0.35] | 0.200 | 0.300 | 0.250 | 0.350 "
         "| +0.020 [+0.000, +0.040] | 0.001 | 0.031 |" in table
@@ -340,6 +338,8 @@ def test_summary_table_shows_the_paired_comparison_and_labels_the_controls():
     # the teacher: named by its model and endpoint, and paired with each student
     assert "| teacher (smollm2 at local) | letter | 0.360 [0.33, 0.39] |" in table
     assert "### teacher vs each student: teacher - student on the same questions" in table
-    assert "| kd_qa | letter | +0.060 [+0.010, +0.110] | 0.02 | 0.050 | +0.060 [+0.010, +0.110] | - |" in table
+    assert "| kd_qa | letter | +0.060 [+0.010, +0.110] | 0.02 | 0.050 | +0.060 [+0.010, +0.110] | - |" in (
+        table
+    )
     controls = table.index("### Positive controls")
     assert table.index("| control_qa (from student_instruct)") > controls > table.index("| kd_qa")
