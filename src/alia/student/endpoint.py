@@ -73,7 +73,7 @@ def score_endpoint(
             for r in rows.itertuples()
         ]
         request = {"logprobs": True, "top_logprobs": top_logprobs} if "letter" in modes else {}
-        answers = client.ask(conversations, desc=f"{desc} letter", request=request)
+        answers = client.ask(conversations, desc=desc, request=request)  # one ask serves both modes
         rows["answer"] = [a.text for a in answers]
         if "generative" in modes:
             letters = [
