@@ -288,6 +288,16 @@ def test_compare_pairs_the_same_questions_by_id():
         compare(variant.iloc[:3], base)
 
 
+def test_compare_skips_a_mode_one_side_was_not_scored_in():
+    """A model scored generatively against a base whose predictions of this set hold no generative
+    answers (the column is there, from another set, but empty): no comparison, not a NaN one."""
+    base = _scored(letter_acc=[0.0, 0.0, 1.0, 0.0], gen_acc=[np.nan] * 4)
+    model = _scored(letter_acc=[1.0, 0.0, 1.0, 0.0], gen_acc=[1.0, 1.0, 0.0, 0.0])
+    result = compare(model, base, resamples=100)
+    assert list(result) == ["letter"] and result["letter"]["all"]["delta"] == 0.25
+    assert list(compare(base, model, resamples=100)) == ["letter"]
+
+
 def test_summary_table_shows_the_paired_comparison_and_labels_the_controls():
     def result(acc, base=None, leak=False, delta=None):
         summary = {

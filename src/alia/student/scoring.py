@@ -285,8 +285,8 @@ def summarise(scored: pd.DataFrame, resamples: int = 1000, seed: int = 0) -> tup
 
 
 def compare(scored: pd.DataFrame, base: pd.DataFrame, resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """Per scorer the paired difference from `base` (the same questions, by id), overall and for
-    on each of SUBSETS."""
+    """Per scorer that scored both (the same questions, by id), the paired difference from `base`,
+    overall and on each of SUBSETS."""
     if sorted(scored["id"]) != sorted(base["id"]):
         raise ValueError(
             f"paired comparison needs the same questions: {len(scored)} vs {len(base)} "
@@ -296,8 +296,9 @@ def compare(scored: pd.DataFrame, base: pd.DataFrame, resamples: int = 1000, see
     groups = clusters(scored)
     result: dict[str, Any] = {}
     for scorer, column in SCORERS.items():
-        if column not in scored or column not in base or scored[column].isna().all():
-            continue  # a mode this set was not scored in
+        if any(column not in frame or frame[column].isna().all() for frame in (scored, base)):
+            continue  # a mode this set was not scored in, on either side (a frame of several sets
+            # holds a column for every mode scored on any of them)
         result[scorer] = {}
         for key in SUBSETS:
             keep = subset(scored, key)
