@@ -72,7 +72,11 @@ def test_dvc_plots_show_draws_every_plot_offline(tmp_path):
 
 @pytest.mark.slow
 @needs_chromium
-def test_the_report_draws_its_charts_offline(tmp_path):
+def test_the_report_draws_its_charts_offline(tmp_path, tables):
+    from alia.data.kg import from_tables
+
+    kg_dir = tmp_path / "kg"
+    from_tables(tables).write(kg_dir, graphml=False)
     corpora = tmp_path / "corpora"
     corpora.mkdir()
     pd.DataFrame(
@@ -86,7 +90,9 @@ def test_the_report_draws_its_charts_offline(tmp_path):
     subprocess.run(
         [sys.executable, REPO / "stages" / "report.py", report,
          "--corpus-stats", metrics / "corpus_stats.json",
-         "--corpora", corpora / "kd_base.parquet", corpora / "kd_qa.parquet", "--kg", metrics / "kg.json",
+         "--params", REPO / "params.yaml",
+         "--corpora", corpora / "kd_base.parquet", corpora / "kd_qa.parquet",
+         "--kg", metrics / "kg.json", "--kg-dir", kg_dir,
          "--teacher", metrics / "relevance_check.json", metrics / "kd_rephrase",
          "--student-curves", metrics / "plots" / "train_student",
          "--embedder-curve", metrics / "plots" / "train_embedder.json", "--mcqa", metrics / "mcqa",
@@ -101,5 +107,72 @@ def test_the_report_draws_its_charts_offline(tmp_path):
                                          "kd_rephrase@toddler", "kd_rephrase@wikipedia"]  # fmt: skip
     relevance = read_json(metrics / "relevance_check.json")["teacher"]
     assert teacher["parse_failures"][0] == relevance["parse_failures"]
-    assert drawn_charts(report, tmp_path) == (6, 6)
+    assert drawn_charts(report, tmp_path) == (7, 7)
     assert screenshot(report, tmp_path / "report.png", tmp_path) > 50
+
+
+def _git(*args: str, cwd: Path) -> None:
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t.invalid", *args], cwd=cwd, check=True)
+
+
+def test_the_report_says_which_run_it_shows(tmp_path, tmp_path_factory, monkeypatch):
+    """The header: the commit, and the tracked files that differ from it, the run's own outputs
+    (dvc.lock, metrics/) aside; the key settings as params.yaml has them; the machine."""
+    from alia.report import KEY_SETTINGS, commit_state, run_section
+
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")
+    (tmp_path / "metrics" / "a.json").write_text("{}")
+    _git("init", "-q", cwd=tmp_path)
+    _git("add", "-A", cwd=tmp_path)
+    _git("commit", "-qm", "run", cwd=tmp_path)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")  # what a repro writes: not a change
+    (tmp_path / "metrics" / "a.json").write_text('{"acc": 1}')
+    assert commit_state()["changed"] == []
+    header = run_section(tmp_path / "params.yaml")
+    assert "no uncommitted change to code or settings" in header
+    settings = pd.read_html(io.StringIO(header))[0].set_index("params.yaml")["value"]
+    assert list(settings.index) == list(KEY_SETTINGS.values())
+    assert settings["sensor_discovery.classes"] == "8" and settings["teacher.base_url"] == "local"
+    assert settings["train_student.variants"] == "kd_base, kd_rephrase, kd_qa, kd_qa_raft, kd_extend"
+    assert "cores" in header and "torch computes on cpu:" in header
+
+    params = tmp_path / "params.yaml"
+    params.write_text(params.read_text().replace("  classes: 8 ", "  classes: 44"))  # a setting changed
+    header = run_section(params)
+    assert "with uncommitted changes to params.yaml" in header
+    settings = pd.read_html(io.StringIO(header))[0].set_index("params.yaml")["value"]
+    assert settings["sensor_discovery.classes"] == "44"
+    elsewhere = tmp_path_factory.mktemp("not_a_checkout")
+    monkeypatch.chdir(elsewhere)
+    assert commit_state() == {} and "not a git checkout" in run_section(params)
+
+
+def test_the_graph_is_drawn_and_the_agent_figures_explained(tables, tmp_path):
+    """The graph's degree distribution per node kind and its best-connected nodes, as its edges give
+    them; every figure of the agent with what it measures ("failures": no answer within max_steps)."""
+    import json
+
+    from alia.data.kg import from_tables
+    from alia.report import agent_section, degrees, kg_section
+
+    kg = from_tables(tables)
+    kg.write(tmp_path / "kg", graphml=False)
+    (tmp_path / "kg.json").write_text(json.dumps(kg.counts()))
+    nodes = degrees(tmp_path / "kg")
+    edges = kg.edges_frame()
+    assert nodes["degree"].sum() == 2 * len(edges) and len(nodes) == len(kg.nodes_frame())
+    hub = nodes.sort_values("degree").iloc[-1]
+    assert hub["degree"] == ((edges["src"] == hub["id"]) | (edges["dst"] == hub["id"])).sum()
+    section = kg_section(tmp_path / "kg.json", tmp_path / "kg")
+    assert "vegaEmbed('#kg_degrees'" in section and '"title": "node kind"' in section
+    top = pd.read_html(io.StringIO(section.split("best-connected nodes")[1]))[0]
+    assert top["id"].iloc[0] == hub["id"] and len(top) == 8
+
+    agent = {"questions": 6, "recall": 0.08, "failures": 5, "llm": {}}
+    (tmp_path / "agent.json").write_text(json.dumps(agent))
+    rows = pd.read_html(io.StringIO(agent_section(tmp_path / "agent.json")))[0].set_index("figure")
+    assert rows.loc["failures", "value"] == 5 and "max_steps" in rows.loc["failures", "what it is"]
+    assert list(rows.index) == ["questions", "recall", "failures"]

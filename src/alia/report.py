@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import html
 import json
+import os
+import platform
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from alia.core.io import read_json
+from alia.core.io import read_json, read_parquet
+from alia.core.params import load_params
+from alia.core.precision import device, resolve_dtype
 from alia.kd.corpora import corpus_batches, corpus_texts
 
 # DVC's plot templates are Vega-Lite 5 specs; vega-embed compiles them with the inlined Vega-Lite.
@@ -82,6 +87,92 @@ def interval(value: float, half_width: float | None) -> str:
 # --- the sections -------------------------------------------------------------------------------
 
 
+# --- which run ------------------------------------------------------------------------------------
+
+# The settings that shape the page's figures, as a reader names them: label -> params.yaml key.
+# dvc.yaml lists the same keys as the report stage's params, so a change of one rebuilds the page.
+KEY_SETTINGS = {
+    "teacher endpoint": "teacher.base_url",
+    "teacher model": "teacher.model",
+    "D_source classes (of 44)": "sensor_discovery.classes",
+    "student variants": "train_student.variants",
+    "student epochs": "train_student.sft.num_train_epochs",
+    "LoRA rank": "train_student.lora.r",
+    "D_eval questions scored (0: all 2,667)": "mcqa.sets.d_eval.sample",
+    "embedder loss": "train_embedder.loss",
+    "embedder seeds": "train_embedder.seeds",
+    "embedder epochs": "train_embedder.training.num_train_epochs",
+    "agent steps at most": "agent.max_steps",
+}
+# Written by the run itself, so a change there does not make the code or settings differ from the commit.
+RUN_OUTPUTS = ("dvc.lock", "metrics")
+
+
+def _git(*args: str) -> str:
+    result = subprocess.run(["git", *args], capture_output=True, text=True)
+    return result.stdout.strip() if result.returncode == 0 else ""
+
+
+def commit_state() -> dict[str, Any]:
+    """The commit checked out, and the tracked files (code, params, prompts) that differ from it,
+    the run's own outputs aside; {} outside a git checkout."""
+    commit = _git("rev-parse", "--short", "HEAD")
+    if not commit:
+        return {}
+    excluded = [f":(exclude){path}" for path in RUN_OUTPUTS]
+    changed = _git("diff", "--name-only", "HEAD", "--", ".", *excluded).splitlines()
+    return {"commit": commit, "date": _git("log", "-1", "--format=%cI"), "changed": changed}
+
+
+def _setting(params: dict[str, Any], key: str) -> str:
+    value: Any = params
+    for part in key.split("."):
+        value = value.get(part, "-") if isinstance(value, dict) else "-"
+    return ", ".join(map(str, value)) if isinstance(value, dict | list) else str(value)
+
+
+def cpu_model() -> str:
+    """The processor's name as Linux reports it, else the platform's."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def run_section(params_file: Path) -> str:
+    """Which run the page shows: the commit (and what differed from it), the settings that shape its
+    figures, and the machine the page was built on."""
+    state = commit_state()
+    if not state:
+        commit = "not a git checkout"
+    elif state["changed"]:
+        shown = ", ".join(state["changed"][:5]) + (" ..." if len(state["changed"]) > 5 else "")
+        commit = f"{state['commit']} ({state['date']}), with uncommitted changes to {shown}"
+    else:
+        commit = f"{state['commit']} ({state['date']}), no uncommitted change to code or settings"
+    params = {key.split(".")[0]: load_params(key.split(".")[0], params_file) for key in KEY_SETTINGS.values()}
+    settings = [
+        {"setting": label, "value": _setting(params, key), "params.yaml": key}
+        for label, key in KEY_SETTINGS.items()
+    ]
+    machine = (
+        f"{cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}; "
+        f"torch computes on {device()}, in {resolve_dtype('auto')} where a dtype is auto"
+    )
+    return "\n".join(
+        [
+            "<h2>This run</h2>",
+            f"<p><b>Commit</b>: {html.escape(commit)}<br><b>Built on</b>: {html.escape(machine)}</p>",
+            table(settings),
+        ]
+    )
+
+
+# --- sections ---------------------------------------------------------------------------------------
+
+
 def corpora_section(corpus_stats: Path, corpus_paths: list[Path], sample_chars: int = 400) -> str:
     stats = read_json(corpus_stats)
     rows = [{"corpus": name, **counts} for name, counts in stats.items()]
@@ -130,7 +221,15 @@ def teacher_section(stage_metrics: list[Path]) -> str:
     return "<h2>The teacher's answers</h2>" + table(rows)
 
 
-def kg_section(kg_metrics: Path) -> str:
+def degrees(kg_dir: Path) -> pd.DataFrame:
+    """Each node of the graph with its kind and degree (edges in and out)."""
+    nodes, edges = read_parquet(kg_dir / "nodes.parquet"), read_parquet(kg_dir / "edges.parquet")
+    count = pd.concat([edges["src"], edges["dst"]]).value_counts()
+    return nodes[["id", "type"]].assign(degree=nodes["id"].map(count).fillna(0).astype(int))
+
+
+def kg_section(kg_metrics: Path, kg_dir: Path, hubs: int = 8) -> str:
+    """The graph's counts, its degree distribution per node kind, and its best-connected nodes."""
     counts = read_json(kg_metrics)
     rows = [
         {"element": f"{group}: {name}", "count": value}
@@ -150,7 +249,28 @@ def kg_section(kg_metrics: Path) -> str:
     totals = [
         {"nodes": counts["nodes"]["total"], "edges": counts["edges"]["total"], **counts["edges_by_source"]}
     ]
-    return "\n".join(["<h2>Knowledge graph</h2>", table(totals), chart("kg_counts", spec)])
+    nodes = degrees(kg_dir)
+    distribution = {
+        "title": "degree distribution: nodes by the number of edges they touch",
+        "data": {"values": nodes[["type", "degree"]].to_dict("records")},
+        "mark": "bar",
+        "encoding": {
+            "x": {"field": "degree", "bin": {"maxbins": 30}, "title": "edges per node (in and out)"},
+            "y": {"aggregate": "count", "title": "nodes"},
+            "color": {"field": "type", "type": "nominal", "title": "node kind"},
+        },
+    }
+    top = nodes.sort_values(["degree", "id"], ascending=[False, True]).head(hubs)
+    return "\n".join(
+        [
+            "<h2>Knowledge graph</h2>",
+            table(totals),
+            chart("kg_counts", spec),
+            chart("kg_degrees", distribution),
+            f"<p>The {hubs} best-connected nodes (<code>alia kg &lt;node&gt;</code> lists their edges):</p>",
+            table(top.to_dict("records")),
+        ]
+    )
 
 
 def loss_chart(name: str, title: str, rows: list[dict[str, Any]]) -> str:
@@ -249,9 +369,27 @@ def embedder_section(embedder_metrics: Path, metric: str = "map@100") -> str:
     return "\n".join([f"<h2>Embedder ({metric})</h2>", table(rows), chart("embedder", spec)])
 
 
+# What each of the agent's figures is (alia.agent.evaluation.summarise), for the page's readers.
+AGENT_FIGURES = {
+    "questions": "multi-step questions about assets the embedder never trained on",
+    "recall": "mean share of a question's gold items (sensors or failure modes) that its answer names",
+    "precision": "mean share of the items an answer names that are gold items",
+    "tool_calls": "mean retrieval-tool calls per question",
+    "steps": "mean actions per question, the final answer included",
+    "step_errors": "actions that failed (an unknown tool, bad arguments), over all questions",
+    "failures": "questions with no answer: the agent reached agent.max_steps without calling final_answer",
+}
+
+
 def agent_section(agent_metrics: Path) -> str:
-    metrics = {k: v for k, v in read_json(agent_metrics).items() if not isinstance(v, dict)}
-    return "\n".join(["<h2>Agent</h2>", table([metrics])])
+    """The agent's figures, each with what it measures."""
+    metrics = read_json(agent_metrics)
+    rows = [
+        {"figure": name, "value": metrics[name], "what it is": meaning}
+        for name, meaning in AGENT_FIGURES.items()
+        if name in metrics
+    ]
+    return "\n".join(["<h2>Agent</h2>", table(rows)])
 
 
 def write_report(sections: list[str], out_file: Path, title: str = "alia: the run") -> None:
