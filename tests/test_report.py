@@ -2,6 +2,7 @@
 in headless Chromium with every host name unresolvable (no CDN can be reached)."""
 
 import io
+import json
 import os
 import re
 import shutil
@@ -9,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import REPO
@@ -176,3 +178,58 @@ def test_the_graph_is_drawn_and_the_agent_figures_explained(tables, tmp_path):
     rows = pd.read_html(io.StringIO(agent_section(tmp_path / "agent.json")))[0].set_index("figure")
     assert rows.loc["failures", "value"] == 5 and "max_steps" in rows.loc["failures", "what it is"]
     assert list(rows.index) == ["questions", "recall", "failures"]
+
+
+def rendered(spec: dict) -> dict[str, list]:
+    """What a chart shows once Vega lays it out (vl-convert's scenegraph): its axis titles, each axis's
+    labels with their positions, and its legend's labels."""
+    import vl_convert
+
+    found: dict[str, list] = {"axis-title": [], "axis-label": [], "legend-label": []}
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if node.get("role") in found:
+                items = [(i.get("text"), i.get("x", 0), i.get("y", 0)) for i in node.get("items", [])]
+                found[node["role"]].append(items)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(vl_convert.vegalite_to_scenegraph(spec))
+    return found
+
+
+@pytest.mark.parametrize(
+    "plot, series",
+    [
+        ("MAP@100 against augment_p", "task"),
+        ("MAP@100 against pos_ratio", "task"),
+        ("MAP@100 per task and loss", "loss"),
+        ("metrics/plots/corpus_tokens.json", "student"),
+    ],
+)
+def test_plots_say_what_they_show(plot, series):
+    """Rendered as `dvc plots show` fills them: axis titles that name the measure (no bare "y"), a
+    legend entry per series (not series told apart by dash alone), the labels of a bar chart's
+    categories at least a line apart, and alternatives side by side, never stacked."""
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    shown = subprocess.run(
+        ["dvc", "plots", "show", "--json"], cwd=REPO, env=env, capture_output=True, text=True, check=True
+    )
+    spec = json.loads(shown.stdout)["data"][plot][0]["content"]
+    values = spec["data"]["values"]
+    drawn = rendered(spec)
+    titles = {text for items in drawn["axis-title"] for text, _, _ in items}
+    fields = {spec["encoding"][axis]["field"] for axis in ("x", "y")}
+    assert len(titles) == 2 and not titles & (fields | {"y"}), titles  # more than the bare field names
+    legend = {text for items in drawn["legend-label"] for text, _, _ in items}
+    assert legend == {str(row[series]) for row in values}
+    if spec["mark"]["type"] == "bar":
+        assert spec["encoding"]["yOffset"]["field"] == series  # side by side within a category
+        categories = next(items for items in drawn["axis-label"] if not items[0][0][0].isdigit())
+        assert {text for text, _, _ in categories} == {row[spec["encoding"]["y"]["field"]] for row in values}
+        gaps = np.diff(sorted(y for _, _, y in categories))
+        assert gaps.min() >= 12, gaps  # a 10-point label needs ~12 px

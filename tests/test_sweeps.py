@@ -85,11 +85,13 @@ def test_a_sweep_holds_the_other_settings_at_their_defaults():
     assert [v for v, _ in swept["loss"]] == ["contrastive", "contrastive, hard negatives", "gist"]
     assert [v for v, _ in swept["pos_ratio"]] == [0.0, 0.125, 0.5, 0.875]
     assert plot_rows("augment_p", swept["augment_p"]) == [
-        {"augment_p": 0.2, "macro": 0.4, "A2S": 0.4},
-        {"augment_p": 0.5, "macro": 0.5, "A2S": 0.5},
+        {"task": "macro", "augment_p": 0.2, "map@100": 0.4},
+        {"task": "macro", "augment_p": 0.5, "map@100": 0.5},
+        {"task": "A2S", "augment_p": 0.2, "map@100": 0.4},
+        {"task": "A2S", "augment_p": 0.5, "map@100": 0.5},
     ]
     bars = plot_rows("loss", swept["loss"])
-    assert {"task": "A2S: gist", "map@100": 0.6} in bars and len(bars) == 2 * 3
+    assert {"task": "A2S", "loss": "gist", "map@100": 0.6} in bars and len(bars) == 2 * 3
     table = summary_table(swept, ref)
     assert "| gist | 3 | 0.600 ± 0.100 | 0.600 ± 0.100 | 0.600 ± 0.100 | +0.100 ± " in table
     assert "| contrastive | 3 | 0.500 ± 0.100 | 0.500 ± 0.100 | 0.500 ± 0.100 | (reference) |" in table
@@ -115,7 +117,13 @@ def test_nothing_to_collect_leaves_the_committed_sweeps_alone(tmp_path):
     # one sweep with points: its file and the summary are rewritten, the empty sweeps' files kept
     points = sweep_runs([run(augment_p=a) for a in (0.5, 0.2)], ref)
     write_sweeps(points | {"loss": [], "pos_ratio": []}, ref, tmp_path)
-    assert [r["augment_p"] for r in json.loads((tmp_path / "augment_p.json").read_text())] == [0.2, 0.5]
+    rows = json.loads((tmp_path / "augment_p.json").read_text())
+    assert [(r["task"], r["augment_p"]) for r in rows] == [
+        ("macro", 0.2),
+        ("macro", 0.5),
+        ("A2S", 0.2),
+        ("A2S", 0.5),
+    ]
     assert (tmp_path / "loss.json").read_text() == before["loss.json"]
     assert "## augment_p" in (tmp_path / "sweeps.md").read_text()
 
@@ -153,13 +161,11 @@ def test_the_committed_sweep_plots_render():
         ("MAP@100 against pos_ratio", "pos_ratio"),
     ):
         rows = plots[plot_id][0]["content"]["data"]["values"]
-        assert {r["field"] for r in rows} >= set(TASKS) | {"macro"}
-        assert len({r[field] for r in rows}) >= 2 and all(0 <= r["dvc_inferred_y_value"] <= 1 for r in rows)
+        assert {r["task"] for r in rows} == set(TASKS) | {"macro"}
+        assert len({r[field] for r in rows}) >= 2 and all(0 <= r["map@100"] <= 1 for r in rows)
     bars = plots["MAP@100 per task and loss"][0]["content"]["data"]["values"]
-    assert {r["task"].split(":")[0] for r in bars} == set(TASKS) | {"macro"}
-    assert (
-        len({r["task"].split(": ")[1] for r in bars}) == 5
-    )  # contrastive (random, hard), mnrl, cached_mnrl, gist
+    assert {r["task"] for r in bars} == set(TASKS) | {"macro"}
+    assert len({r["loss"] for r in bars}) == 5  # contrastive (random, hard), mnrl, cached_mnrl, gist
 
 
 def test_make_sweeps_queues_the_reference_that_alia_exp_sweeps_compares_against():

@@ -149,15 +149,14 @@ def sweep_runs(runs: list[tuple[dict, dict]], ref: dict[str, Any]) -> dict[str, 
 
 
 def plot_rows(sweep: str, points: list[tuple[Any, dict]]) -> list[dict]:
-    """MAP@100 of the fine-tuned model (mean over seeds) per task and macro: one row per swept value for
-    a line plot, or one row per (task, loss) for the loss comparison's bars."""
-    if sweep == "loss":
-        return [
-            {"task": f"{task}: {value}", "map@100": metrics["finetuned"][task]["map@100"]}
-            for task in points[0][1]["finetuned"]
-            for value, metrics in points
-        ]
-    return [{sweep: value} | {t: r["map@100"] for t, r in m["finetuned"].items()} for value, m in points]
+    """MAP@100 of the fine-tuned model (mean over seeds), one row per task (macro included) and swept
+    value: a line per task against the value, or for the loss a bar per loss within each task's group
+    (the templates in .dvc/plots/ colour by `task` and `loss`)."""
+    return [
+        {"task": task, sweep: value, "map@100": metrics["finetuned"][task]["map@100"]}
+        for task in points[0][1]["finetuned"]
+        for value, metrics in points
+    ]
 
 
 def difference(a: dict, b: dict, task: str, metric: str) -> tuple[float, float]:
