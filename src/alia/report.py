@@ -84,9 +84,6 @@ def interval(value: float, half_width: float | None) -> str:
     return f"{value:.3f}" if half_width is None else f"{value:.3f} ± {half_width:.3f}"
 
 
-# --- the sections -------------------------------------------------------------------------------
-
-
 # --- which run ------------------------------------------------------------------------------------
 
 # The settings that shape the page's figures, as a reader names them: label -> params.yaml key.
@@ -170,7 +167,7 @@ def run_section(params_file: Path) -> str:
     )
 
 
-# --- sections ---------------------------------------------------------------------------------------
+# --- the sections -------------------------------------------------------------------------------
 
 
 def corpora_section(corpus_stats: Path, corpus_paths: list[Path], sample_chars: int = 400) -> str:
