@@ -182,7 +182,7 @@ def test_the_graph_is_drawn_and_the_agent_figures_explained(tables, tmp_path):
 
 def rendered(spec: dict) -> dict[str, list]:
     """What a chart shows once Vega lays it out (vl-convert's scenegraph): its axis titles, each axis's
-    labels with their positions, and its legend's labels."""
+    labels with their anchor (x, y) and alignment, and its legend's labels."""
     import vl_convert
 
     found: dict[str, list] = {"axis-title": [], "axis-label": [], "legend-label": []}
@@ -190,7 +190,10 @@ def rendered(spec: dict) -> dict[str, list]:
     def walk(node: object) -> None:
         if isinstance(node, dict):
             if node.get("role") in found:
-                items = [(i.get("text"), i.get("x", 0), i.get("y", 0)) for i in node.get("items", [])]
+                items = [
+                    (i.get("text"), i.get("x", 0), i.get("y", 0), i.get("align", "center"))
+                    for i in node.get("items", [])
+                ]
                 found[node["role"]].append(items)
             for value in node.values():
                 walk(value)
@@ -200,6 +203,13 @@ def rendered(spec: dict) -> dict[str, list]:
 
     walk(vl_convert.vegalite_to_scenegraph(spec))
     return found
+
+
+def label_box(text: str, x: float, align: str, char_width: float = 5.6) -> tuple[float, float]:
+    """The horizontal extent of an axis label anchored at x."""
+    width = char_width * len(text)
+    left = {"left": x, "right": x - width}.get(align, x - width / 2)
+    return left, left + width
 
 
 @pytest.mark.parametrize(
@@ -222,14 +232,19 @@ def test_plots_say_what_they_show(plot, series):
     spec = json.loads(shown.stdout)["data"][plot][0]["content"]
     values = spec["data"]["values"]
     drawn = rendered(spec)
-    titles = {text for items in drawn["axis-title"] for text, _, _ in items}
+    titles = {text for items in drawn["axis-title"] for text, *_ in items}
     fields = {spec["encoding"][axis]["field"] for axis in ("x", "y")}
     assert len(titles) == 2 and not titles & (fields | {"y"}), titles  # more than the bare field names
-    legend = {text for items in drawn["legend-label"] for text, _, _ in items}
+    legend = {text for items in drawn["legend-label"] for text, *_ in items}
     assert legend == {str(row[series]) for row in values}
+    # the horizontal axis's labels, as boxes (10-point text, ~5.6 px a character, placed by their
+    # alignment: the first and last flush with the axis' ends), never overlap
+    boxes = sorted(label_box(text, x, align) for text, x, _, align in drawn["axis-label"][0])
+    for (_, right), (left, _) in zip(boxes, boxes[1:], strict=False):
+        assert left >= right, boxes
     if spec["mark"]["type"] == "bar":
         assert spec["encoding"]["yOffset"]["field"] == series  # side by side within a category
         categories = next(items for items in drawn["axis-label"] if not items[0][0][0].isdigit())
-        assert {text for text, _, _ in categories} == {row[spec["encoding"]["y"]["field"]] for row in values}
-        gaps = np.diff(sorted(y for _, _, y in categories))
+        assert {text for text, *_ in categories} == {row[spec["encoding"]["y"]["field"]] for row in values}
+        gaps = np.diff(sorted(y for _, _, y, _ in categories))
         assert gaps.min() >= 12, gaps  # a 10-point label needs ~12 px
