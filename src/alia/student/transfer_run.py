@@ -298,7 +298,7 @@ def _lookups(rung: Rung, untuned: pd.DataFrame) -> dict[str, Any]:
         for k in range(len(rung.folds)):
             matrix = rung.training_matrix(k)
             matrix = shuffle_failure_modes(matrix, rung.config.seed + k) if shuffled else matrix
-            columns = ["id", "form", "relevancy", "asset_name", "failure_mode"]  # accuracies() subsets by these
+            columns = ["id", "form", "relevancy", "asset_name", "failure_mode"]  # what accuracies() reads
             questions = untuned[untuned["fold"] == k][columns]
             parts.append(questions.assign(letter_acc=facts_lookup(untuned[untuned["fold"] == k], matrix)))
         out[name] = accuracies(pd.concat(parts), rung.mcqa["bootstrap_resamples"], rung.mcqa["seed"])
