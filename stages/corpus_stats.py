@@ -1,4 +1,6 @@
-"""Stage corpus_stats: passages and tokens of every KD corpus, counted with each student's tokenizer.
+"""Stage corpus_stats: passages and tokens of every KD corpus, counted with each student's tokenizer,
+and how faithful its passages are to their facts (alia.kd.faithfulness.summary; per teacher too where
+more than one wrote a corpus).
 
 python stages/corpus_stats.py <metrics.json> <plot.json> --tokenizers <model_dir>... --corpora <corpus>...
 
@@ -8,10 +10,12 @@ A corpus is named by its file or folder (data/corpora/kd_qa.parquet: kd_qa), a t
 import argparse
 from pathlib import Path
 
+import pandas as pd
 from transformers import AutoTokenizer
 
 from alia.core.tracking import finish_stage
 from alia.kd.corpora import corpus_batches, corpus_texts, token_counts
+from alia.kd.faithfulness import CHECK_COLUMNS, summary
 
 parser = argparse.ArgumentParser()
 parser.add_argument("metrics_file", type=Path)
@@ -25,12 +29,18 @@ stats, plot_rows = {}, []
 for path in args.corpora:
     name = path.name.removesuffix(".parquet")
     counts = dict.fromkeys(["passages", *(f"tokens_{student}" for student in tokenizers)], 0)
+    checks = []
     for batch in corpus_batches(path):  # a paper-scale corpus is read a batch at a time
         texts = corpus_texts(batch)
         counts["passages"] += len(texts)
         for student, tokenizer in tokenizers.items():
             counts[f"tokens_{student}"] += token_counts(tokenizer, texts)
-    stats[name] = counts
+        checks.append(batch[["teacher_model", *CHECK_COLUMNS]])
+    checks = pd.concat(checks, ignore_index=True)
+    stats[name] = counts | summary(checks)
+    if checks["teacher_model"].nunique() > 1:
+        for teacher, written in checks.groupby("teacher_model"):
+            stats[f"{name} by {teacher}"] = summary(written)
     plot_rows += [
         {"corpus": name, "student": student, "tokens": counts[f"tokens_{student}"]} for student in tokenizers
     ]

@@ -1,5 +1,6 @@
 """Stage dataset_cards: a dataset card for every corpus (schema, rows, the prompts and teacher that wrote
-it, its CC-BY-4.0 licence), from the corpus's own provenance columns.
+it, its CC-BY-4.0 licence), from the corpus's own provenance columns, and how faithful its rows are
+to their facts (alia.kd.faithfulness.card_section).
 
 python stages/dataset_cards.py <cards_dir> --corpora <corpus>...
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from alia.cards import write_dataset_card
 from alia.core.tracking import check_outputs
+from alia.kd.faithfulness import card_section
 
 parser = argparse.ArgumentParser()
 parser.add_argument("cards_dir", type=Path)
@@ -23,4 +25,6 @@ check_outputs(args.cards_dir)
 shutil.rmtree(args.cards_dir, ignore_errors=True)  # a corpus taken off the list loses its card
 for corpus in args.corpora:
     card = write_dataset_card(corpus, args.cards_dir / f"{corpus.name.removesuffix('.parquet')}.md")
+    if section := card_section(corpus):
+        card.write_text(card.read_text(encoding="utf-8") + "\n" + section, encoding="utf-8")
     print(f"wrote {card}")

@@ -3,7 +3,11 @@ into the graph); entity-centric and interaction-centric documents about the most
 and pairs.
 
 python stages/kd_extend.py <tables_dir> <discovery_dir> <relevance_dir> <kd_base.parquet>
-    <vocabulary_rules.yaml> <out.parquet> <key_entities.parquet> <cache.sqlite> <metrics.json>
+    <vocabulary_rules.yaml> <out.parquet> <rejects.parquet> <key_entities.parquet> <cache.sqlite>
+    <metrics.json>
+
+Each document is checked against the entities it was written about (alia.kd.faithfulness) and
+filtered by `filters`.
 """
 
 import sys
@@ -18,13 +22,15 @@ from alia.data import kg
 from alia.data.tables import read_tables
 from alia.data.vocabulary import Canonicaliser
 from alia.kd.corpora import PassageFilter, extend_requests, key_entity_rows, write_chunks
+from alia.kd.faithfulness import FactFilter, load_checker
+from alia.kd.judge import stage_judge
 from alia.llm.ask import ask_rows, ask_rows_in_chunks
 from alia.llm.prompts import load_prompt
 from alia.llm.teacher import stage_teacher
 
 tables_dir, discovery_dir, relevance_dir, kd_base_file, rules_file = map(Path, sys.argv[1:6])
-out_file, entities_file, cache, metrics_file = map(Path, sys.argv[6:10])
-check_outputs(out_file, entities_file, cache, metrics_file)  # an unwritable folder stops it now
+out_file, rejects_file, entities_file, cache, metrics_file = map(Path, sys.argv[6:11])
+check_outputs(out_file, rejects_file, entities_file, cache, metrics_file)  # an unwritable folder stops it now
 params = load_params("kd_extend")
 
 # A key entity that names a sensor or failure mode of the graph as Phase I left it is that node
@@ -42,7 +48,15 @@ base = read_parquet(kd_base_file).head(params["documents"])
 requests = pd.DataFrame(
     {"source_doc_id": base["doc_id"], "equipment_class": base["equipment_class"], "document": base["text"]}
 )
-with stage_teacher(params.get("teacher"), cache) as teacher:
+with (
+    stage_teacher(params.get("teacher"), cache) as teacher,
+    FactFilter(
+        load_checker(tables_dir, rules_file, relevance_dir),
+        params["filters"],
+        rejects_file,
+        stage_judge(teacher),
+    ) as facts,
+):
     answers, parsed = ask_rows(teacher, load_prompt("key_entities"), requests, "key entities")
     entities = key_entity_rows(
         answers, parsed, Canonicaliser.from_yaml(rules_file), names["sensor"], names["failure_mode"]
@@ -51,7 +65,7 @@ with stage_teacher(params.get("teacher"), cache) as teacher:
     # entity documents, then interaction documents, each chunk filtered and written as it comes
     keep = PassageFilter(params["near_duplicate_threshold"])
     chunks = (
-        keep(written)
+        facts(keep(written))
         for kind, prompt in (("entity", "entity_document"), ("interaction", "interaction_document"))
         for written, _ in ask_rows_in_chunks(
             teacher, load_prompt(prompt), todo[todo["kind"] == kind], f"{kind} documents"
@@ -69,7 +83,8 @@ metrics = {
     .value_counts()
     .reindex(["entity", "sensor", "failure_mode"], fill_value=0)
     .to_dict(),
-    "documents": keep.counts["kept"],
+    "documents": facts.counts["kept"],
     "filtered": keep.counts,
+    **facts.metrics(out_file),
 }
 finish_stage("kd_extend", metrics, metrics_file, params, teacher=teacher)

@@ -1,7 +1,11 @@
 """Stage kd_qa: KD_QA (question-answer records without context) and KD_QA-RAFT (the same questions
 with generated summaries as context, in the RAFT manner), from KD_Base documents.
 
-python stages/kd_qa.py <kd_base.parquet> <kd_qa.parquet> <kd_qa_raft.parquet> <cache.sqlite> <metrics.json>
+python stages/kd_qa.py <kd_base.parquet> <tables_dir> <relevance_dir> <vocabulary_rules.yaml> <kd_qa.parquet>
+    <kd_qa_raft.parquet> <rejects.parquet> <cache.sqlite> <metrics.json>
+
+Each record is checked against its KD_Base document's facts (alia.kd.faithfulness) and filtered by
+`filters` before its RAFT copy is made.
 """
 
 import sys
@@ -11,20 +15,32 @@ from alia.core.io import read_parquet
 from alia.core.params import load_params
 from alia.core.tracking import check_outputs, finish_stage
 from alia.kd.corpora import filter_passages, qa_records, qa_requests, raft_records
+from alia.kd.faithfulness import FactFilter, load_checker
+from alia.kd.judge import stage_judge
 from alia.llm.ask import ask_rows
 from alia.llm.prompts import load_prompt
 from alia.llm.teacher import stage_teacher
 
-kd_base_file, qa_file, raft_file, cache, metrics_file = map(Path, sys.argv[1:6])
-check_outputs(qa_file, raft_file, cache, metrics_file)  # an unwritable folder stops it now
+kd_base_file, tables_dir, relevance_dir, rules_file = map(Path, sys.argv[1:5])
+qa_file, raft_file, rejects_file, cache, metrics_file = map(Path, sys.argv[5:10])
+check_outputs(qa_file, raft_file, rejects_file, cache, metrics_file)  # an unwritable folder stops it now
 params = load_params("kd_qa")
 
 requests = qa_requests(read_parquet(kd_base_file), params["documents"], params["min_pairs"])
-with stage_teacher(params.get("teacher"), cache) as teacher:
+with (
+    stage_teacher(params.get("teacher"), cache) as teacher,
+    FactFilter(
+        load_checker(tables_dir, rules_file, relevance_dir),
+        params["filters"],
+        rejects_file,
+        stage_judge(teacher),
+    ) as facts,
+):
     answers, parsed = ask_rows(teacher, load_prompt("kd_qa"), requests, "kd_qa")
-answers["parsed"] = parsed
-kept, filtered = filter_passages(answers)  # failed (never valid JSON), truncated, duplicate answers
-qa, summaries, qa_counts = qa_records(kept.drop(columns="parsed"), kept["parsed"].tolist())
+    answers["parsed"] = parsed
+    kept, filtered = filter_passages(answers)  # failed (never valid JSON), truncated, duplicate answers
+    qa, summaries, qa_counts = qa_records(kept.drop(columns="parsed"), kept["parsed"].tolist())
+    qa = facts(qa)
 raft = raft_records(qa, summaries, **params["raft"])
 
 qa_file.parent.mkdir(parents=True, exist_ok=True)
@@ -36,5 +52,6 @@ metrics = {
     "raft_records": len(raft),
     "raft_with_oracle": int(raft["oracle_in_context"].sum()),
     "filtered": filtered | qa_counts,
+    **facts.metrics(qa_file),
 }
 finish_stage("kd_qa", metrics, metrics_file, params, teacher=teacher)

@@ -109,7 +109,9 @@ def test_zero_concurrency(project):
 
 def test_a_missing_key(project):
     spoil(project, "kd_base", "facts_per_document", delete=True)
-    message = run(project, "kd_base", "t", "d", "r", "kd_base.parquet", "cache.sqlite", "m.json")
+    message = run(
+        project, "kd_base", "t", "d", "r", "v", "kd_base.parquet", "rej.parquet", "cache.sqlite", "m.json"
+    )
     assert (
         message == "params.yaml kd_base.facts_per_document: missing: every stage setting lives in params.yaml"
     )
@@ -155,7 +157,19 @@ def test_a_truncated_parquet_corpus(project):
     corpus = project / "kd_base.parquet"
     pd.DataFrame({"doc_id": [f"d{i}" for i in range(200)], "text": ["text"] * 200}).to_parquet(corpus)
     corpus.write_bytes(corpus.read_bytes()[: corpus.stat().st_size // 2])
-    message = run(project, "kd_qa", "kd_base.parquet", "qa.parquet", "raft.parquet", "cache.sqlite", "m.json")
+    message = run(
+        project,
+        "kd_qa",
+        "kd_base.parquet",
+        "t",
+        "r",
+        "v",
+        "qa.parquet",
+        "raft.parquet",
+        "rej.parquet",
+        "cache.sqlite",
+        "m.json",
+    )
     assert message.startswith("kd_base.parquet: not a readable Parquet file (")
     assert not (project / "qa.parquet").exists()
 
@@ -169,9 +183,13 @@ def test_an_output_folder_without_write_permission():
         as_nobody = (
             ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
         )
-        out = [root / "out" / name for name in ("qa.parquet", "raft.parquet", "cache.sqlite", "m.json")]
+        out = [
+            root / "out" / name
+            for name in ("qa.parquet", "raft.parquet", "rej.parquet", "cache.sqlite", "m.json")
+        ]
+        facts = [REPO / "data" / "tables", root / "relevance", REPO / "data" / "vocabulary_rules.yaml"]
         result = subprocess.run(
-            [*as_nobody, *stage_command("kd_qa", root / "kd_base.parquet", *out)],
+            [*as_nobody, *stage_command("kd_qa", root / "kd_base.parquet", *facts, *out)],
             cwd=REPO, env=os.environ | {"HOME": str(root)}, capture_output=True, text=True, timeout=300,
         )  # fmt: skip
         message = error_line(result, "kd_qa")
@@ -194,7 +212,20 @@ def test_a_hub_model_id_on_a_machine_without_the_hub(project, monkeypatch):
 
 THREE_STAGES = {  # stage: (its args, relative to the project; a numeric setting of its section)
     "kg": (["t", "d", "r", "k.parquet", "kg", "m.json", "p.json"], "include_eval_assets"),
-    "kd_qa": (["kd_base.parquet", "qa.parquet", "raft.parquet", "cache.sqlite", "m.json"], "documents"),
+    "kd_qa": (
+        [
+            "kd_base.parquet",
+            "t",
+            "r",
+            "v",
+            "qa.parquet",
+            "raft.parquet",
+            "rej.parquet",
+            "cache.sqlite",
+            "m.json",
+        ],
+        "documents",
+    ),
     "build_eval": (["tables", "questions", "m.json"], "min_options"),
 }
 

@@ -272,6 +272,11 @@ def test_kd_chain_and_a_rephrase_prompt_edit_reruns_only_that_style(project):
             "near_duplicates": 0,
             "kept": 48,
         }
+        # every document read against its facts (alia.kd.faithfulness), no filter on: none rejected
+        assert stats["fact_checks"]["checked"] == stats["fact_checks"]["kept"] == 48
+        assert stats["faithfulness"]["passages"] == 48 and 0 <= stats["faithfulness"]["mean_coverage"] <= 1
+        assert (base["fact_entities"].map(len) == 3).all()  # kd_base.facts_per_document, each recorded
+        assert len(pd.read_parquet(project / "data" / "rejects" / "kd_base.parquet")) == 0
         toddler = pd.read_parquet(project / "data" / "corpora" / "kd_rephrase" / "toddler.parquet")
         assert len(toddler) == 6 and set(toddler["source_doc_id"]) <= set(base["doc_id"])
         qa = pd.read_parquet(project / "data" / "corpora" / "kd_qa.parquet")
@@ -306,6 +311,23 @@ def test_kd_chain_and_a_rephrase_prompt_edit_reruns_only_that_style(project):
         out = run(["dvc", "repro", "kd_rephrase", "kd_qa", "kd_extend", "kg"], project)
         ran = [line for line in out.splitlines() if line.startswith("Running stage")]
         assert ran == ["Running stage 'kg':"] and not (project / "data" / "kg" / "graph.graphml").exists()
+
+        # a tighter filter on one corpus re-runs that corpus's stages alone, from their caches, and
+        # what it drops is in its rejects file with the reason
+        calls = len(server.requests)
+        params = yaml.safe_load(params_file.read_text())
+        params["kd_rephrase"]["filters"]["min_fact_coverage"] = 1.0
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        out = run(["dvc", "repro", "kd_rephrase", "kd_qa", "kd_extend", "kg"], project)
+        ran = [line for line in out.splitlines() if line.startswith("Running stage")]
+        assert ran == [
+            f"Running stage 'kd_rephrase@{style}':" for style in ("toddler", "scholar", "wikipedia", "qa")
+        ]
+        assert len(server.requests) == calls
+        kept = pd.read_parquet(project / "data" / "corpora" / "kd_rephrase" / "scholar.parquet")
+        rejects = pd.read_parquet(project / "data" / "rejects" / "kd_rephrase_scholar.parquet")
+        assert len(kept) + len(rejects) == 6 and (kept["fact_coverage"] == 1.0).all()
+        assert (rejects["reason"] == "min_fact_coverage").all() and (rejects["fact_coverage"] < 1.0).all()
     params_file.write_text(original)
     git("checkout", "--", "prompts", cwd=project)
 

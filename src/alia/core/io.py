@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 
 class TableError(ValueError):
@@ -79,3 +80,53 @@ def write_json(path: str | Path, content: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(content, indent=2) + "\n")
+
+
+class ChunkWriter:
+    """A Parquet file written a chunk (row group) at a time, as chunks come: the first non-empty chunk
+    sets the schema (every chunk has the same columns), so no chunk waits for the others. `close()`
+    leaves the file there even when nothing was written (with the columns, where a chunk told them)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.writer: pq.ParquetWriter | None = None
+        self.rows, self.empty = 0, pd.DataFrame()
+
+    def write(self, chunk: pd.DataFrame) -> None:
+        if chunk.empty:  # its columns' types are unknown (pandas object, Arrow null)
+            self.empty = chunk
+            return
+        if self.writer is None:
+            schema = _concrete(pa.Schema.from_pandas(chunk, preserve_index=False))
+            self.writer = pq.ParquetWriter(self.path, schema)
+        table = pa.Table.from_pandas(chunk, preserve_index=False, schema=self.writer.schema)
+        self.writer.write_table(table)
+        self.rows += len(chunk)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        else:
+            self.empty.to_parquet(self.path, index=False)
+
+    def __enter__(self) -> ChunkWriter:
+        return self
+
+    def __exit__(self, error: type | None, *exc: object) -> None:
+        if error is None:
+            self.close()
+        elif self.writer is not None:  # what was written stays readable
+            self.writer.close()
+
+
+def _concrete(schema: pa.Schema) -> pa.Schema:
+    """A first chunk's schema with its all-null columns typed as strings (a list of them: lists of
+    strings), so that a later chunk's values fit: the first chunk's lists of foreign entities may all
+    be empty."""
+    for i, f in enumerate(schema):
+        if pa.types.is_null(f.type):
+            schema = schema.set(i, f.with_type(pa.string()))
+        elif pa.types.is_list(f.type) and pa.types.is_null(f.type.value_type):
+            schema = schema.set(i, f.with_type(pa.list_(pa.string())))
+    return schema

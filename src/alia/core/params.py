@@ -134,11 +134,24 @@ class RelevanceCheck(Section):
     teacher: TeacherOverrides = {}
 
 
+class CorpusFilters(Section):  # alia.kd.faithfulness.FILTERS; None: off
+    min_fact_coverage: Fraction | None = None
+    max_foreign_entities: Count | None = None
+    max_contradictions: Count | None = None
+    min_judge_faithfulness: Annotated[float, Field(ge=1, le=5)] | None = None
+
+
+class Judge(Section):
+    enabled: bool
+    request: dict[str, Any] = {}  # request fields of the judge's prompts (max_tokens, temperature)
+
+
 class KDBase(Section):
     failure_modes_per_class: PositiveInt
     sensors_per_class: PositiveInt
     facts_per_document: PositiveInt
     near_duplicate_threshold: Fraction
+    filters: CorpusFilters = CorpusFilters()
     teacher: TeacherOverrides = {}
 
 
@@ -146,6 +159,7 @@ class KDRephrase(Section):
     styles: Annotated[list[str], Field(min_length=1)]
     documents: PositiveInt
     near_duplicate_threshold: Fraction
+    filters: CorpusFilters = CorpusFilters()
     teacher: TeacherOverrides = {}
 
 
@@ -158,6 +172,7 @@ class Raft(Section):
 class KDQA(Section):
     documents: PositiveInt
     min_pairs: PositiveInt
+    filters: CorpusFilters = CorpusFilters()
     raft: Raft
     teacher: TeacherOverrides = {}
 
@@ -167,6 +182,7 @@ class KDExtend(Section):
     entities_per_class: Count
     pairs_per_class: Count
     near_duplicate_threshold: Fraction
+    filters: CorpusFilters = CorpusFilters()
     teacher: TeacherOverrides = {}
 
 
@@ -226,11 +242,18 @@ class EvalTeacher(Section):
     teacher: TeacherOverrides = {}
 
 
+class DescriptionFilters(Section):  # alia.embedder.description_quality.FILTERS; None: off
+    max_perplexity: Annotated[float, Field(gt=0)] | None = None
+    min_groundedness: Fraction | None = None
+
+
 class EmbedTasks(Section):
     split: Annotated[list[Fraction], Field(min_length=3, max_length=3)]
     seed: int
     augment_p: Fraction
     eval_augment_p: Fraction
+    reference_model: str
+    filters: DescriptionFilters = DescriptionFilters()
     teacher: TeacherOverrides = {}
 
 
@@ -278,6 +301,7 @@ SECTIONS: dict[str, Any] = {
     "kd_rephrase": KDRephrase,
     "kd_qa": KDQA,
     "kd_extend": KDExtend,
+    "judge": Judge,
     "build_eval": BuildEval,
     "train_student": TrainStudent,
     "mcqa": MCQA,

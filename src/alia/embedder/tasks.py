@@ -234,7 +234,10 @@ def build_query(
 
 
 def description_lookup(entities: pd.DataFrame) -> dict[str, str]:
-    """embed_tasks' descriptions table (entity, description) by `description_key`; empty ones left out."""
+    """embed_tasks' descriptions table (entity, description) by `description_key`; empty and rejected
+    ones (alia.embedder.description_quality) left out."""
+    if "rejected" in entities:
+        entities = entities[entities["rejected"].fillna("") == ""]
     return {
         description_key(e): d for e, d in zip(entities["entity"], entities["description"], strict=True) if d
     }

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 from datasketch import MinHash, MinHashLSH
 
-from alia.core.io import read_parquet
+from alia.core.io import ChunkWriter, read_parquet
 from alia.data.vocabulary import LABEL_SEPARATOR, Canonicaliser, normalise_text
 
 RELATIONS = ("asset_sensor", "asset_failure_mode", "asset_sensor_failure_mode")
@@ -30,7 +29,7 @@ def doc_id(*parts: object) -> str:
     return hashlib.sha1("|".join(map(str, parts)).encode()).hexdigest()[:16]
 
 
-def _chunks(values: list[str], size: int) -> list[list[str]]:
+def _chunks(values: list, size: int) -> list[list]:
     return [values[i : i + size] for i in range(0, len(values), size)]
 
 
@@ -43,8 +42,8 @@ def knowledge_requests(
     sensors_per_class: int,
     facts_per_document: int,
 ) -> pd.DataFrame:
-    """One row per document to write: (doc_id, equipment_class, relation, facts), `facts_per_document`
-    facts each.
+    """One row per document to write: (doc_id, equipment_class, relation, facts, fact_entities),
+    `facts_per_document` facts each: as the prompt says them, and as lists of the labels they name.
 
     asset_sensor: the class's top sensors; asset_failure_mode: its first failure modes;
     asset_sensor_failure_mode: the (sensor, failure mode) pairs the relevance check said yes to.
@@ -54,19 +53,22 @@ def knowledge_requests(
         fms = class_failure_modes.loc[class_failure_modes["equipment_class"] == cls, "failure_mode"]
         top = sensors[(sensors["equipment_class"] == cls) & (sensors["rank"] <= sensors_per_class)]
         yes = relevance[(relevance["equipment_class"] == cls) & relevance["relevant"].fillna(False)]
+        # each fact as the prompt says it, and as the entity labels it names (alia.kd.faithfulness)
         facts = {
-            "asset_sensor": top["sensor"].tolist(),
-            "asset_failure_mode": fms.head(failure_modes_per_class)
-            .str.replace(LABEL_SEPARATOR, " or ")
-            .tolist(),
+            "asset_sensor": [(s, [s]) for s in top["sensor"]],
+            "asset_failure_mode": [
+                (fm.replace(LABEL_SEPARATOR, " or "), [fm]) for fm in fms.head(failure_modes_per_class)
+            ],
             "asset_sensor_failure_mode": [
-                f"{r.sensor} helps detect {r.failure_mode}" for r in yes.itertuples()
+                (f"{r.sensor} helps detect {r.failure_mode}", [r.sensor, r.failure_mode])
+                for r in yes.itertuples()
             ],
         }
         for relation in RELATIONS:
             for chunk in _chunks(facts[relation], facts_per_document):
-                rows.append([doc_id("kd_base", cls, relation, *chunk), cls, relation, chunk])
-    return pd.DataFrame(rows, columns=["doc_id", "equipment_class", "relation", "facts"])
+                said, named = [text for text, _ in chunk], [labels for _, labels in chunk]
+                rows.append([doc_id("kd_base", cls, relation, *said), cls, relation, said, named])
+    return pd.DataFrame(rows, columns=["doc_id", "equipment_class", "relation", "facts", "fact_entities"])
 
 
 def _normalised(text: str) -> str:
@@ -137,28 +139,19 @@ def filter_passages(
 
 
 def write_chunks(chunks: Iterable[pd.DataFrame], path: str | Path) -> int:
-    """Each chunk as a Parquet row group of `path`, as it comes; the rows written. The first non-empty
-    chunk sets the schema (every chunk has the same columns), so no chunk waits for the others."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    writer, rows, empty = None, 0, pd.DataFrame()
-    try:
+    """Each chunk as a Parquet row group of `path`, as it comes (ChunkWriter); the rows written."""
+    with ChunkWriter(path) as writer:
         for chunk in chunks:
-            if chunk.empty:  # its columns' types are unknown (pandas object, Arrow null)
-                empty = chunk
-                continue
-            table = pa.Table.from_pandas(
-                chunk, preserve_index=False, schema=writer.schema if writer else None
-            )
-            writer = writer or pq.ParquetWriter(path, table.schema)
-            writer.write_table(table)
-            rows += len(chunk)
-    finally:
-        if writer is not None:
-            writer.close()
-    if writer is None:  # nothing kept: the file still exists, with the columns
-        empty.to_parquet(path, index=False)
-    return rows
+            writer.write(chunk)
+    return writer.rows
+
+
+def facts_of(documents: pd.DataFrame) -> list:
+    """Each document's `fact_entities` (alia.kd.faithfulness), none where it has no such column (a
+    corpus not written from recorded facts)."""
+    if "fact_entities" in documents:
+        return documents["fact_entities"].tolist()
+    return [[] for _ in range(len(documents))]
 
 
 def rephrase_requests(kd_base: pd.DataFrame, style: str, documents: int) -> pd.DataFrame:
@@ -170,6 +163,7 @@ def rephrase_requests(kd_base: pd.DataFrame, style: str, documents: int) -> pd.D
             "source_doc_id": base["doc_id"].to_numpy(),
             "equipment_class": base["equipment_class"].to_numpy(),
             "relation": base["relation"].to_numpy(),
+            "fact_entities": facts_of(base),
             "style": style,
             "document": base["text"].to_numpy(),
         }
@@ -184,6 +178,7 @@ QA_COLUMNS = [
     "answer",
     "context",
     "oracle_in_context",
+    "fact_entities",
 ]
 
 
@@ -193,6 +188,7 @@ def qa_requests(kd_base: pd.DataFrame, documents: int, min_pairs: int) -> pd.Dat
         {
             "source_doc_id": base["doc_id"].to_numpy(),
             "equipment_class": base["equipment_class"].to_numpy(),
+            "fact_entities": facts_of(base),
             "document": base["text"].to_numpy(),
             "min_pairs": min_pairs,
         }
@@ -219,6 +215,7 @@ def qa_records(answers: pd.DataFrame, parsed: list) -> tuple[pd.DataFrame, pd.Da
                     "answer": pair.answer.strip(),
                     "context": "",
                     "oracle_in_context": False,
+                    "fact_entities": answer.get("fact_entities", []),  # its document's
                 }
                 | {k: answer[k] for k in provenance}
             )
@@ -350,12 +347,13 @@ def extend_requests(entities: pd.DataFrame, entities_per_class: int, pairs_per_c
     for cls, group in entities.groupby("equipment_class", sort=False):
         counts = Counter(group["entity"])  # one count per document: entities are unique within one
         for entity, _ in counts.most_common(entities_per_class):
-            rows.append([doc_id("kd_extend", cls, entity), cls, "entity", entity, ""])
+            rows.append([doc_id("kd_extend", cls, entity), cls, "entity", entity, "", [[entity]]])
         pairs = Counter(
             pair
             for _, doc in group.groupby("source_doc_id", sort=False)
             for pair in combinations(sorted(doc["entity"]), 2)
         )
         for (a, b), _ in pairs.most_common(pairs_per_class):
-            rows.append([doc_id("kd_extend", cls, a, b), cls, "interaction", a, b])
-    return pd.DataFrame(rows, columns=["doc_id", "equipment_class", "kind", "entity", "other"])
+            rows.append([doc_id("kd_extend", cls, a, b), cls, "interaction", a, b, [[a], [b]]])
+    columns = ["doc_id", "equipment_class", "kind", "entity", "other", "fact_entities"]
+    return pd.DataFrame(rows, columns=columns)

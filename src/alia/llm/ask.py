@@ -36,11 +36,17 @@ PROVENANCE_COLUMNS = [
 
 
 def ask_rows(
-    teacher: LLMClient, prompt: Prompt, requests: pd.DataFrame, desc: str, progress: tqdm | None = None
+    teacher: LLMClient,
+    prompt: Prompt,
+    requests: pd.DataFrame,
+    desc: str,
+    progress: tqdm | None = None,
+    request: dict[str, Any] | None = None,
 ) -> tuple[pd.DataFrame, list[Any]]:
     """`requests` with the provenance columns added, and each row's parsed answer (None where it failed).
 
-    The template variables of row i are requests' columns in row i.
+    The template variables of row i are requests' columns in row i; `request`: further request fields
+    (max_tokens, temperature) for these prompts, as LLMClient.ask takes them.
     """
     answers = teacher.ask(
         [prompt.messages(**row) for row in requests.to_dict("records")],
@@ -48,6 +54,7 @@ def ask_rows(
         desc=desc,
         schema=prompt.schema(),
         progress=progress,
+        request=request,
     )
     out = requests.reset_index(drop=True).copy()
     same_for_all = {"prompt": prompt.name, "prompt_hash": prompt.hash, "teacher_model": teacher.config.model}

@@ -92,7 +92,17 @@ class QAPairs(BaseModel):
     qa: list[QAPair] = Field(min_length=3)
 
 
-JSON_SCHEMAS: dict[str, type[BaseModel]] = {"key_entities": KeyEntities, "qa_pairs": QAPairs}
+class Judgement(BaseModel):
+    faithfulness: int = Field(ge=1, le=5)
+    fluency: int = Field(ge=1, le=5)
+    reason: NonEmpty
+
+
+JSON_SCHEMAS: dict[str, type[BaseModel]] = {
+    "key_entities": KeyEntities,
+    "qa_pairs": QAPairs,
+    "judgement": Judgement,
+}
 
 
 def json_parser(schema: type[BaseModel]) -> Parser:

@@ -195,6 +195,14 @@ def answer_text(messages: list[dict], max_tokens: int, rng: random.Random, malfo
     if "Yes or No" in ask:
         reason = _passage(rng, ask, min(max_tokens, 60))
         return "It depends on " + reason if malformed else f"{rng.choice(['Yes', 'No'])}, {reason}"
+    if '"faithfulness"' in ask:  # a judgement of a passage
+        body = {
+            "faithfulness": rng.randint(1, 5),
+            "fluency": rng.randint(1, 5),
+            "reason": _passage(rng, ask, 20),
+        }
+        text = json.dumps(body)
+        return text[: len(text) // 2] if malformed else text
     if '"summary"' in ask:
         summary = _passage(rng, ask, 30)
         if '"qa"' in ask:
