@@ -136,6 +136,7 @@ def _project(root: Path, tables, tiny_lm: Path) -> None:
     shutil.copy(REPO / "params.yaml", root / "params.yaml")
     shutil.copytree(REPO / "prompts", root / "prompts")
     write_tables(tables, root / "data" / "tables")
+    shutil.copy(REPO / "data" / "vocabulary_rules.yaml", root / "data" / "vocabulary_rules.yaml")
     (root / "data" / "eval" / "questions").mkdir(parents=True)
     questions = build_questions(tables["fm_sensor_matrix"], seed=0)
     to_table(questions).to_pandas().to_parquet(root / "data" / "eval" / "questions" / "d_eval.parquet")
@@ -145,6 +146,8 @@ def _project(root: Path, tables, tiny_lm: Path) -> None:
 
 def _passage(messages: list[dict]) -> str:
     facts = [line[2:] for line in messages[-1]["content"].splitlines() if line.startswith("- ")]
+    if "sensors are used to monitor" in messages[-1]["content"]:
+        facts = facts[:1]  # a sensor passage states its first fact alone: coverage 1/3 where it has 3
     return " ".join(f"In practice, {fact} on this machine." for fact in facts)
 
 
@@ -158,7 +161,14 @@ def test_a_rung_runs_resumes_and_scores_only_held_out_assets(tmp_path, monkeypat
     with FakeOpenAI(_passage) as server:
         config = {
             "folds": 2,
-            "arms": {"template": ["chat"], "shuffled": ["chat"], "teacher": ["text"]},
+            "arms": {
+                "template": ["chat"],
+                "shuffled": ["chat"],
+                "teacher": ["text"],
+                "teacher_checked": ["text"],
+                "teacher_random": ["text"],
+            },
+            "filters": {"min_fact_coverage": 0.5},
             "questions_per_fold": 8,
             "qa_directions": ["fm2sensor"],
             "in_sample": True,
@@ -171,7 +181,7 @@ def test_a_rung_runs_resumes_and_scores_only_held_out_assets(tmp_path, monkeypat
         assert main(["exp", "transfer", "transfer.yaml"]) == 0  # resumed: nothing asked or trained again
         assert len(server.requests) == calls > 0
     summary = json.loads(Path("metrics/transfer/transfer.json").read_text())
-    units = {"template_chat", "shuffled_chat", "teacher_text"}
+    units = {"template_chat", "shuffled_chat", "teacher_text", "teacher_checked_text", "teacher_random_text"}
     assert set(summary["results"]) == units | {f"{unit}_in_sample" for unit in units}
     assert set(summary["training"]) == {f"fold{k}_{unit}" for unit in units for k in (0, 1)}
     assert all(t["steps"] == 1 and t["first_loss"] > 0 for t in summary["training"].values())
@@ -186,11 +196,21 @@ def test_a_rung_runs_resumes_and_scores_only_held_out_assets(tmp_path, monkeypat
                 assert len(scored) == 8 and not set(scored["asset_name"]) & set(held_out)
         corpus = pd.read_parquet(f"data/transfer/corpora/fold{k}_teacher_text.parquet")
         assert len(corpus) and not set(corpus["equipment_class"]) & set(held_out)
+        # the filter keeps the passages that state half their facts or more; the random arm as many
+        checked = pd.read_parquet(f"data/transfer/corpora/fold{k}_teacher_checked_text.parquet")
+        drawn = pd.read_parquet(f"data/transfer/corpora/fold{k}_teacher_random_text.parquet")
+        assert (checked["fact_coverage"] >= 0.5).all() and (corpus["fact_coverage"] < 0.5).any()
+        assert 0 < len(checked) == len(drawn) < len(corpus) and set(drawn["doc_id"]) <= set(corpus["doc_id"])
+        assert summary["teacher_corpora"][f"fold{k}_teacher_checked_text"]["passages"] == len(checked)
     for name, result in summary["results"].items():
         assert result["questions"] == 16, name
         assert {"letter", "loglikelihood"} <= set(result["vs_untuned"])
     # the facts' own effect: a true-fact arm against the shuffled arm of its format, where there is one
     assert {"letter", "loglikelihood"} <= set(summary["results"]["template_chat"]["vs_shuffled"])
     assert "vs_shuffled" not in summary["results"]["teacher_text"]
+    # the filter's own effect: checked against all passages and against as many at random
+    checked = summary["results"]["teacher_checked_text"]
+    assert {"letter", "loglikelihood"} <= set(checked["vs_teacher"]) & set(checked["vs_teacher_random"])
+    assert "vs_teacher" in summary["results"]["teacher_random_text"]
     assert {"true_facts", "shuffled_facts"} == set(summary["facts_lookup"])
     assert "oracle facts" in Path("metrics/transfer/transfer.md").read_text()

@@ -213,7 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     queue.set_defaults(func=cmd_exp_queue_sweeps)
     transfer = exp_commands.add_parser("transfer", help=cmd_exp_transfer.__doc__)
     transfer.add_argument("config", nargs="?", default="configs/transfer/cpu.yaml")
-    transfer.add_argument("--out", default="metrics/transfer", help="where transfer.json and transfer.md go")
+    transfer.add_argument(
+        "--out", "-o", default="metrics/transfer", help="where transfer.json and transfer.md go"
+    )
     transfer.set_defaults(func=cmd_exp_transfer)
     page = sub.add_parser("plots-page", help=cmd_plots_page.__doc__)
     page.add_argument("out", help="e.g. .dvc/offline_plots.html")

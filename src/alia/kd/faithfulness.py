@@ -211,6 +211,15 @@ FILTERS = {
 }
 
 
+def passing(checked: pd.DataFrame, filters: dict[str, float | None]) -> np.ndarray:
+    """Which checked rows pass every filter that is set."""
+    keep = np.ones(len(checked), bool)
+    for name, drops in FILTERS.items():
+        if filters.get(name) is not None:
+            keep &= ~drops(checked, filters[name]).to_numpy(bool)
+    return keep
+
+
 class FactFilter:
     """Checks each chunk of a corpus (FactChecker), drops the rows its `filters` settings reject, and
     writes those rows, with the filter's name as `reason`, to the `rejects` file; with a `judge`

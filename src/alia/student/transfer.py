@@ -12,7 +12,10 @@ Arms (what writes the corpus from the same facts):
   Phase I's (`text`), and KD_QA from those passages (`chat`);
 - `shuffled`: the template arm on a matrix whose failure modes were permuted within each asset: the
   same sentences, sensors, counts and format, the wrong facts. A gain over it is the facts', not the
-  format's.
+  format's;
+- `teacher_checked`: the teacher arm's passages that pass the config's `filters` (alia.kd.faithfulness,
+  each passage read against its true facts); `teacher_random`: as many of the teacher arm's passages,
+  drawn at random (seeded), so that a difference between the two is the filter's, not the size's.
 And `facts_lookup`, no model at all: each option scored by how often its (failure mode, sensor)
 pair is ticked among the training assets: how much of the held-out answers the facts decide.
 
@@ -34,7 +37,7 @@ from alia.student.controls import control_qa, control_text
 from alia.student.scoring import SUBSETS, compare, subset
 from alia.student.stats import bootstrap_ci, clusters
 
-Arm = Literal["template", "teacher", "shuffled"]
+Arm = Literal["template", "teacher", "shuffled", "teacher_checked", "teacher_random"]
 LABEL = "oracle facts: the true tick matrix of the other assets; no question about a training asset scored"
 
 
@@ -62,6 +65,8 @@ class TransferConfig(BaseModel):
     facts_per_document: PositiveInt = 3  # the teacher arm's facts per KD_Base prompt
     qa_documents: Count = 0  # the teacher arm's KD_Base passages asked for QA pairs per fold; 0: all
     min_pairs: PositiveInt = 3
+    # teacher_checked's filters, alia.kd.faithfulness.FILTERS by name (params.yaml kd_base.filters' fields)
+    filters: dict[str, float | None] = {}
     sft: dict[str, Any] = {}
 
 
@@ -207,15 +212,16 @@ def pooled_results(
     return results
 
 
-def rung_table(results: dict[str, Any]) -> str:
-    """The rung as Markdown: per arm and format, Δ vs untuned (95% CI, McNemar p, MDE) per scorer."""
+def rung_table(results: dict[str, Any], against: str = "untuned") -> str:
+    """The rung as Markdown: per arm and format, Δ vs untuned (or the arm `against`: 95% CI, McNemar
+    p, MDE) per scorer."""
     lines = [
         "| arm, format | questions | scorer | Δ all [95% CI] | p | MDE | Δ Acc_Sel [95% CI] "
         "| Δ Acc_El [95% CI] |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, result in results.items():
-        for scorer, paired in result.get("vs_untuned", {}).items():
+        for scorer, paired in result.get(f"vs_{against}", {}).items():
             all_, sel, el = paired["all"], paired.get("sel", {}), paired.get("el", {})
             lines.append(
                 f"| {name} | {result['questions']} | {scorer} | {_delta(all_)} | {all_['p_mcnemar']:.3g} | "

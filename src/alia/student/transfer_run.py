@@ -26,7 +26,10 @@ from alia.core.params import load_params, settings_error
 from alia.core.precision import resolve_bf16, resolve_dtype
 from alia.core.tracking import start_run
 from alia.data.tables import read_tables
+from alia.data.vocabulary import Canonicaliser
 from alia.kd.corpora import PassageFilter, filter_passages, qa_records, qa_requests
+from alia.kd.faithfulness import FactChecker, Vocabulary, denials, passing
+from alia.kd.faithfulness import summary as faithfulness_summary
 from alia.llm.ask import ask_rows
 from alia.llm.prompts import load_prompt
 from alia.llm.teacher import stage_teacher
@@ -49,6 +52,7 @@ from alia.student.transfer import (
 WORK = Path("data/transfer")
 MODELS = Path("models/transfer")
 CHECKPOINTS = Path("checkpoints/transfer")
+RULES = Path("data/vocabulary_rules.yaml")
 
 
 def load_config(path: str | Path) -> TransferConfig:
@@ -70,7 +74,8 @@ class Rung:
             if not path.exists():
                 raise FileNotFoundError(f"{path} is missing: run `dvc repro {stage}` (or `dvc pull`) first")
         self.config, self.pretrained_dir = config, pretrained_dir
-        self.matrix = read_tables(tables_dir)["fm_sensor_matrix"]
+        self.tables = read_tables(tables_dir)
+        self.matrix = self.tables["fm_sensor_matrix"]
         self.questions = read_parquet(eval_dir / "d_eval.parquet")
         self.folds = asset_folds(sorted(self.matrix["asset"].unique()), config.folds, config.seed)
         recipe = load_params("train_student")
@@ -182,7 +187,11 @@ class Rung:
         keep = PassageFilter(load_params("kd_base")["near_duplicate_threshold"])
         passages = keep(answers)
         write_json(WORK / "teacher" / "kd_base_filtered.json", keep.counts)  # what the filters removed
-        return passages
+        # each passage read against its true facts; the tables' empty cells are its denials
+        checker = FactChecker(
+            Vocabulary.from_tables(self.tables, Canonicaliser.from_yaml(RULES)), denials(None, self.matrix)
+        )
+        return checker(passages, passages["text"].tolist())
 
     def teacher_qa(self, passages: pd.DataFrame) -> pd.DataFrame:
         """KD_QA records from the given passages (alia.kd.corpora, the kd_qa prompt)."""
@@ -206,6 +215,11 @@ def corpus_for(rung: Rung, k: int, arm: str, fmt: str, passages: pd.DataFrame | 
     if arm == "shuffled":
         return template_corpus(shuffle_failure_modes(matrix, rung.config.seed + k), fmt, directions)
     own = passages[passages["equipment_class"].isin(set(matrix["asset"]))].reset_index(drop=True)
+    if arm in ("teacher_checked", "teacher_random"):
+        checked = own[passing(own, rung.config.filters)].reset_index(drop=True)
+        if arm == "teacher_random":  # as many passages as the filter kept, drawn at random
+            checked = own.sample(n=len(checked), random_state=rung.config.seed + k).reset_index(drop=True)
+        own = checked
     return own if fmt == "text" else rung.teacher_qa(own)
 
 
@@ -227,6 +241,15 @@ def run(config_file: str | Path, out_dir: str | Path = "metrics/transfer") -> di
             paired = pooled_results({name: pooled[name]}, pooled[f"shuffled_{rest}"], resamples, seed)[name]
             results[name]["vs_shuffled"] = paired["vs_untuned"]
             results[name]["vs_shuffled_by_direction"] = paired["vs_untuned_by_direction"]
+    # the filter's own effect: the checked passages paired with all of them, and with as many at random
+    for name in results:
+        for arm, against in (("teacher_checked", "teacher"), ("teacher_random", "teacher"),
+                             ("teacher_checked", "teacher_random")):  # fmt: skip
+            other = against + name.removeprefix(arm)
+            if name.startswith(f"{arm}_") and other in pooled:
+                paired = pooled_results({name: pooled[name]}, pooled[other], resamples, seed)[name]
+                results[name][f"vs_{against}"] = paired["vs_untuned"]
+                results[name][f"vs_{against}_by_direction"] = paired["vs_untuned_by_direction"]
     units = {f"fold{k}_{name}" for name in pooled for k in range(len(rung.folds))}
     summary = {
         "label": LABEL,
@@ -238,6 +261,10 @@ def run(config_file: str | Path, out_dir: str | Path = "metrics/transfer") -> di
         "teacher_kd_base_filtered": read_json(WORK / "teacher" / "kd_base_filtered.json")
         if "teacher" in config.arms
         else {},
+        "teacher_corpora": {  # each fold's teacher corpora, read against their facts
+            path.stem: faithfulness_summary(read_parquet(path))
+            for path in sorted((WORK / "corpora").glob("fold*_teacher*_text.parquet"))
+        },
         "training": {
             path.stem: read_json(path)
             for path in sorted((WORK / "training").glob("*.json"))
@@ -258,7 +285,7 @@ def _run_units(rung: Rung) -> dict[str, list[pd.DataFrame]]:
         for arm, formats in rung.config.arms.items():
             if fmt not in formats:
                 continue
-            if arm == "teacher" and passages is None:
+            if arm.startswith("teacher") and passages is None:
                 passages = rung.teacher_passages()
             for k in range(len(rung.folds)):
                 corpus = corpus_for(rung, k, arm, fmt, passages)
@@ -284,7 +311,12 @@ def _write(out_dir: Path, summary: dict[str, Any], rung: Rung) -> None:
         " run_eval.py defines them):\n\n"
         + direction_table(results)
         + "\nThe facts' own effect: each true-fact arm against the shuffled arm of its format:\n\n"
-        + direction_table(results, against="shuffled"),
+        + direction_table(results, against="shuffled")
+        + "\nThe filter's own effect: the teacher's passages that pass `filters` against all of them, and"
+        " against as many drawn at random:\n\n"
+        + rung_table(results, against="teacher")
+        + "\n"
+        + rung_table(results, against="teacher_random"),
         encoding="utf-8",
     )
 
