@@ -147,7 +147,12 @@ def run_chain(workdir: Path, label: str, env: dict, kill_at: int = 0) -> list[di
             (workdir / o for o in outs if o.startswith("metrics/") and o.endswith(".json")), None
         )
         metrics = json.loads(metrics_path.read_text()) if metrics_path and metrics_path.exists() else {}
-        teacher = metrics.get("teacher", {})
+        # the client's counts of this run are the stage's printed {"run": ...} line, not its metrics file
+        runs = [line for line in log.read_text().splitlines() if line.startswith('{"run": ')]
+        teacher = json.loads(runs[-1])["run"].get("teacher", {}) if runs else {}
+        teacher["reasks"], teacher["parse_failures"] = (
+            metrics.get("teacher", {}).get(k, 0) for k in ("reasks", "parse_failures")
+        )
         row |= {
             "seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024, "metrics": metrics,
             **{k: teacher.get(k, 0) for k in ("requests", "calls", "cache_hits", "retries", "reasks",

@@ -80,8 +80,12 @@ def test_a_value_of_the_wrong_type(raw):
 def test_an_unreadable_parquet(tmp_path):
     corpus = tmp_path / "kd_base.parquet"
     corpus.write_text("doc_id,text\nd1,not parquet\n")
-    out = [tmp_path / name for name in ("qa.parquet", "raft.parquet", "cache.sqlite", "metrics.json")]
-    message = error_line(stage("kd_qa", corpus, *out), "kd_qa")
+    facts = [REPO / "data" / "tables", tmp_path / "relevance", REPO / "data" / "vocabulary_rules.yaml"]
+    out = [
+        tmp_path / n
+        for n in ("qa.parquet", "raft.parquet", "rejects.parquet", "cache.sqlite", "metrics.json")
+    ]
+    message = error_line(stage("kd_qa", corpus, *facts, *out), "kd_qa")
     assert message.startswith(f"{corpus}: not a readable Parquet file (") and message.endswith(
         "): re-create it with `dvc repro`"
     )

@@ -320,9 +320,8 @@ def test_kd_chain_and_a_rephrase_prompt_edit_reruns_only_that_style(project):
         params_file.write_text(yaml.safe_dump(params, sort_keys=False))
         out = run(["dvc", "repro", "kd_rephrase", "kd_qa", "kd_extend", "kg"], project)
         ran = [line for line in out.splitlines() if line.startswith("Running stage")]
-        assert ran == [
-            f"Running stage 'kd_rephrase@{style}':" for style in ("toddler", "scholar", "wikipedia", "qa")
-        ]
+        styles = ("toddler", "scholar", "wikipedia", "qa")  # in dvc's order, which is not params'
+        assert sorted(ran) == sorted(f"Running stage 'kd_rephrase@{style}':" for style in styles)
         assert len(server.requests) == calls
         kept = pd.read_parquet(project / "data" / "corpora" / "kd_rephrase" / "scholar.parquet")
         rejects = pd.read_parquet(project / "data" / "rejects" / "kd_rephrase_scholar.parquet")
