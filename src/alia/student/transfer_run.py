@@ -312,10 +312,10 @@ def _write(out_dir: Path, summary: dict[str, Any], rung: Rung) -> None:
         + direction_table(results)
         + "\nThe facts' own effect: each true-fact arm against the shuffled arm of its format:\n\n"
         + direction_table(results, against="shuffled")
-        + "\nThe filter's own effect: the teacher's passages that pass `filters` against all of them, and"
-        " against as many drawn at random:\n\n"
+        + "\nThe filter's own effect: the teacher's passages that pass `filters` (and as many drawn at"
+        " random) against all of them:\n\n"
         + rung_table(results, against="teacher")
-        + "\n"
+        + "\nThe passages that pass `filters` against as many drawn at random (the filter, not the size):\n\n"
         + rung_table(results, against="teacher_random"),
         encoding="utf-8",
     )
