@@ -15,8 +15,7 @@ from alia.core.params import load_params
 from alia.core.tracking import check_outputs, finish_stage
 from alia.data.tables import read_table
 from alia.kd.corpora import PassageFilter, knowledge_requests, write_chunks
-from alia.kd.faithfulness import FactFilter, load_checker
-from alia.kd.judge import stage_judge
+from alia.kd.judge import stage_checks
 from alia.llm.ask import ask_rows_in_chunks
 from alia.llm.prompts import load_prompt
 from alia.llm.teacher import stage_teacher
@@ -39,12 +38,7 @@ requests = knowledge_requests(
 keep = PassageFilter(params["near_duplicate_threshold"])
 with (
     stage_teacher(params.get("teacher"), cache) as teacher,
-    FactFilter(
-        load_checker(tables_dir, rules_file, relevance_dir),
-        params["filters"],
-        rejects_file,
-        stage_judge(teacher),
-    ) as facts,
+    stage_checks(tables_dir, rules_file, relevance_dir, params["filters"], rejects_file, teacher) as facts,
 ):
     chunks = ask_rows_in_chunks(teacher, load_prompt("kd_base"), requests, "kd_base")
     write_chunks((facts(keep(documents)) for documents, _ in chunks), out_file)

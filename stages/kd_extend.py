@@ -22,8 +22,7 @@ from alia.data import kg
 from alia.data.tables import read_tables
 from alia.data.vocabulary import Canonicaliser
 from alia.kd.corpora import PassageFilter, extend_requests, key_entity_rows, write_chunks
-from alia.kd.faithfulness import FactFilter, load_checker
-from alia.kd.judge import stage_judge
+from alia.kd.judge import stage_checks
 from alia.llm.ask import ask_rows, ask_rows_in_chunks
 from alia.llm.prompts import load_prompt
 from alia.llm.teacher import stage_teacher
@@ -50,12 +49,7 @@ requests = pd.DataFrame(
 )
 with (
     stage_teacher(params.get("teacher"), cache) as teacher,
-    FactFilter(
-        load_checker(tables_dir, rules_file, relevance_dir),
-        params["filters"],
-        rejects_file,
-        stage_judge(teacher),
-    ) as facts,
+    stage_checks(tables_dir, rules_file, relevance_dir, params["filters"], rejects_file, teacher) as facts,
 ):
     answers, parsed = ask_rows(teacher, load_prompt("key_entities"), requests, "key entities")
     entities = key_entity_rows(

@@ -15,8 +15,7 @@ from alia.core.io import read_parquet
 from alia.core.params import load_params
 from alia.core.tracking import check_outputs, finish_stage
 from alia.kd.corpora import filter_passages, qa_records, qa_requests, raft_records
-from alia.kd.faithfulness import FactFilter, load_checker
-from alia.kd.judge import stage_judge
+from alia.kd.judge import stage_checks
 from alia.llm.ask import ask_rows
 from alia.llm.prompts import load_prompt
 from alia.llm.teacher import stage_teacher
@@ -29,12 +28,7 @@ params = load_params("kd_qa")
 requests = qa_requests(read_parquet(kd_base_file), params["documents"], params["min_pairs"])
 with (
     stage_teacher(params.get("teacher"), cache) as teacher,
-    FactFilter(
-        load_checker(tables_dir, rules_file, relevance_dir),
-        params["filters"],
-        rejects_file,
-        stage_judge(teacher),
-    ) as facts,
+    stage_checks(tables_dir, rules_file, relevance_dir, params["filters"], rejects_file, teacher) as facts,
 ):
     answers, parsed = ask_rows(teacher, load_prompt("kd_qa"), requests, "kd_qa")
     answers["parsed"] = parsed

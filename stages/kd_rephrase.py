@@ -14,8 +14,7 @@ from alia.core.io import read_parquet
 from alia.core.params import load_params
 from alia.core.tracking import check_outputs, finish_stage
 from alia.kd.corpora import PassageFilter, rephrase_requests, write_chunks
-from alia.kd.faithfulness import FactFilter, load_checker
-from alia.kd.judge import stage_judge
+from alia.kd.judge import stage_checks
 from alia.llm.ask import ask_rows_in_chunks
 from alia.llm.prompts import load_prompt
 from alia.llm.teacher import stage_teacher
@@ -30,12 +29,7 @@ requests = rephrase_requests(read_parquet(kd_base_file), style, params["document
 keep = PassageFilter(params["near_duplicate_threshold"])
 with (
     stage_teacher(params.get("teacher"), cache) as teacher,
-    FactFilter(
-        load_checker(tables_dir, rules_file, relevance_dir),
-        params["filters"],
-        rejects_file,
-        stage_judge(teacher),
-    ) as facts,
+    stage_checks(tables_dir, rules_file, relevance_dir, params["filters"], rejects_file, teacher) as facts,
 ):
     chunks = ask_rows_in_chunks(
         teacher, load_prompt(f"kd_rephrase_{style}"), requests, f"kd_rephrase {style}"

@@ -152,7 +152,8 @@ class FactChecker:
             return any(p and (p in mentioned or f" {p} " in spoken) for p in parts)
 
         stated = [all(said(parts) for parts in fact) for fact in labels]
-        own = set(v.words(equipment_class))
+        cls = " ".join(v.words(equipment_class))
+        own = set(cls.split())
         in_facts = {p for fact in labels for parts in fact for p in parts}
         foreign = sorted(
             {
@@ -163,7 +164,6 @@ class FactChecker:
                 and not (kind == "class" and set(name.split()) <= own)
             }
         )
-        cls = " ".join(v.words(equipment_class))
         contradictions = sorted(
             {
                 f"{s} -> {f}"
@@ -313,11 +313,14 @@ def card_section(corpus: str | Path) -> str:
     )
 
 
-def load_checker(tables_dir: str | Path, rules_file: str | Path, relevance_dir: str | Path) -> FactChecker:
-    """A KD stage's checker: the tables' vocabulary, the denials of the relevance check
-    (relevance_dir/relevance.parquet) and of the tables."""
+def load_checker(
+    tables_dir: str | Path, rules_file: str | Path, relevance_dir: str | Path | None = None
+) -> FactChecker:
+    """A checker: the tables' vocabulary, the denials of the tables and, with `relevance_dir`, of the
+    relevance check (relevance_dir/relevance.parquet)."""
     tables = read_tables(tables_dir)
+    relevance = read_parquet(Path(relevance_dir) / "relevance.parquet") if relevance_dir else None
     return FactChecker(
         Vocabulary.from_tables(tables, Canonicaliser.from_yaml(rules_file)),
-        denials(read_parquet(Path(relevance_dir) / "relevance.parquet"), tables["fm_sensor_matrix"]),
+        denials(relevance, tables["fm_sensor_matrix"]),
     )

@@ -5,12 +5,14 @@ cached, counted and retried like every other call. alia.kd.faithfulness.FactFilt
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from alia.core.params import load_params
+from alia.kd.faithfulness import FactFilter, load_checker
 from alia.llm.ask import ask_rows
 from alia.llm.client import LLMClient
 from alia.llm.prompts import load_prompt
@@ -43,3 +45,13 @@ def stage_judge(teacher: LLMClient) -> Judge | None:
     """The judge of a KD stage whose teacher is `teacher`, or None where params' judge.enabled is false."""
     params = load_params("judge")
     return Judge(teacher, params["request"]) if params["enabled"] else None
+
+
+def stage_checks(
+    tables_dir: Path, rules_file: Path, relevance_dir: Path, filters: dict, rejects: Path, teacher: LLMClient
+) -> FactFilter:
+    """A KD stage's checks of what its `teacher` wrote: the facts (alia.kd.faithfulness), its `filters`
+    with their `rejects` file, and the judge where it is enabled."""
+    return FactFilter(
+        load_checker(tables_dir, rules_file, relevance_dir), filters, rejects, stage_judge(teacher)
+    )

@@ -26,9 +26,8 @@ from alia.core.params import load_params, settings_error
 from alia.core.precision import resolve_bf16, resolve_dtype
 from alia.core.tracking import start_run
 from alia.data.tables import read_tables
-from alia.data.vocabulary import Canonicaliser
 from alia.kd.corpora import PassageFilter, filter_passages, qa_records, qa_requests
-from alia.kd.faithfulness import FactChecker, Vocabulary, denials, passing
+from alia.kd.faithfulness import load_checker, passing
 from alia.kd.faithfulness import summary as faithfulness_summary
 from alia.llm.ask import ask_rows
 from alia.llm.prompts import load_prompt
@@ -73,9 +72,8 @@ class Rung:
         ):
             if not path.exists():
                 raise FileNotFoundError(f"{path} is missing: run `dvc repro {stage}` (or `dvc pull`) first")
-        self.config, self.pretrained_dir = config, pretrained_dir
-        self.tables = read_tables(tables_dir)
-        self.matrix = self.tables["fm_sensor_matrix"]
+        self.config, self.pretrained_dir, self.tables_dir = config, pretrained_dir, tables_dir
+        self.matrix = read_tables(tables_dir)["fm_sensor_matrix"]
         self.questions = read_parquet(eval_dir / "d_eval.parquet")
         self.folds = asset_folds(sorted(self.matrix["asset"].unique()), config.folds, config.seed)
         recipe = load_params("train_student")
@@ -188,10 +186,7 @@ class Rung:
         passages = keep(answers)
         write_json(WORK / "teacher" / "kd_base_filtered.json", keep.counts)  # what the filters removed
         # each passage read against its true facts; the tables' empty cells are its denials
-        checker = FactChecker(
-            Vocabulary.from_tables(self.tables, Canonicaliser.from_yaml(RULES)), denials(None, self.matrix)
-        )
-        return checker(passages, passages["text"].tolist())
+        return load_checker(self.tables_dir, RULES)(passages, passages["text"].tolist())
 
     def teacher_qa(self, passages: pd.DataFrame) -> pd.DataFrame:
         """KD_QA records from the given passages (alia.kd.corpora, the kd_qa prompt)."""
