@@ -81,4 +81,4 @@ metrics = {
     "filtered": keep.counts,
     **facts.metrics(out_file),
 }
-finish_stage("kd_extend", metrics, metrics_file, params, teacher=teacher)
+finish_stage("kd_extend", metrics, metrics_file, params, teacher=teacher, run_stats=facts.run_stats())

@@ -48,4 +48,4 @@ metrics = {
     "filtered": filtered | qa_counts,
     **facts.metrics(qa_file),
 }
-finish_stage("kd_qa", metrics, metrics_file, params, teacher=teacher)
+finish_stage("kd_qa", metrics, metrics_file, params, teacher=teacher, run_stats=facts.run_stats())

@@ -37,4 +37,6 @@ with (
     write_chunks((facts(keep(rewritten.drop(columns="document"))) for rewritten, _ in chunks), out_file)
 
 metrics = {"documents": facts.counts["kept"], "filtered": keep.counts, **facts.metrics(out_file)}
-finish_stage("kd_rephrase", metrics, metrics_file, params, teacher=teacher, variant=style)
+finish_stage(
+    "kd_rephrase", metrics, metrics_file, params, teacher=teacher, run_stats=facts.run_stats(), variant=style
+)
