@@ -7,8 +7,7 @@ python stages/build_eval.py <tables_dir> <out_dir> <metrics.json>
 import sys
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
+from alia.core.io import write_parquet
 from alia.core.params import load_params
 from alia.core.tracking import finish_stage
 from alia.data.tables import read_tables
@@ -32,7 +31,7 @@ sets = {
 out_dir.mkdir(parents=True, exist_ok=True)
 metrics = {}
 for name, questions in sets.items():
-    pq.write_table(to_table(questions), out_dir / f"{name}.parquet")
+    write_parquet(to_table(questions), out_dir / f"{name}.parquet")
     metrics[name] = {
         "questions": len(questions),
         "assets": questions["asset_name"].nunique(),

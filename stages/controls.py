@@ -7,6 +7,7 @@ python stages/controls.py <tables_dir> <control_text.parquet> <control_qa.parque
 import sys
 from pathlib import Path
 
+from alia.core.io import write_parquet
 from alia.core.tracking import finish_stage
 from alia.data.tables import read_tables
 from alia.student.controls import control_qa, control_text
@@ -16,7 +17,7 @@ matrix = read_tables(tables_dir)["fm_sensor_matrix"]
 corpora = {text_file: control_text(matrix), qa_file: control_qa(matrix)}
 for path, corpus in corpora.items():
     path.parent.mkdir(parents=True, exist_ok=True)
-    corpus.to_parquet(path, index=False)
+    write_parquet(corpus, path)
 finish_stage(
     "controls",
     {path.stem: {"documents": len(corpus), "leak": True} for path, corpus in corpora.items()},

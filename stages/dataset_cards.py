@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from alia.cards import write_dataset_card
+from alia.core.io import write_text
 from alia.core.tracking import check_outputs
 from alia.kd.faithfulness import card_section
 
@@ -26,5 +27,5 @@ shutil.rmtree(args.cards_dir, ignore_errors=True)  # a corpus taken off the list
 for corpus in args.corpora:
     card = write_dataset_card(corpus, args.cards_dir / f"{corpus.name.removesuffix('.parquet')}.md")
     if section := card_section(corpus):
-        card.write_text(card.read_text(encoding="utf-8") + "\n" + section, encoding="utf-8")
+        write_text(card, card.read_text(encoding="utf-8") + "\n" + section)
     print(f"wrote {card}")

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.parquet as pq
 
+from alia.core.io import write_parquet
 from alia.core.params import load_params
 from alia.core.tracking import check_outputs, finish_stage
 from alia.data.tables import read_table
@@ -46,8 +46,8 @@ descriptions = description_lookup(entities)
 rows = finish(augment(rows, descriptions, params["augment_p"], params["seed"], params["eval_augment_p"]))
 
 tasks_file.parent.mkdir(parents=True, exist_ok=True)
-pq.write_table(to_table(rows), tasks_file)
-entities.to_parquet(entities_file, index=False)
+write_parquet(to_table(rows), tasks_file)
+write_parquet(entities, entities_file)
 counts = pd.crosstab(rows["task"], rows["split"])
 metrics = {
     "queries": len(rows),

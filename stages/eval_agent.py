@@ -11,7 +11,7 @@ from pathlib import Path
 
 from alia.agent.evaluation import agent_questions, evaluate_agent, item_vocabulary, summary_metrics
 from alia.agent.react import agent_from_params, write_trace
-from alia.core.io import read_parquet
+from alia.core.io import read_parquet, write_parquet
 from alia.core.params import load_params
 from alia.core.tracking import check_outputs, finish_stage, start_run, trace_agent
 
@@ -29,8 +29,8 @@ with start_run("eval_agent", {"eval_agent": params, "agent": agent_params}):
         answers, trace = evaluate_agent(agent, questions, item_vocabulary(tasks))
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    questions.to_parquet(out_dir / "questions.parquet", index=False)
-    answers.to_parquet(out_dir / "answers.parquet", index=False)
+    write_parquet(questions, out_dir / "questions.parquet")
+    write_parquet(answers, out_dir / "answers.parquet")
     write_trace(out_dir / "trace.jsonl", trace)
     finish_stage(
         "eval_agent",

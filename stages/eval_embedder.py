@@ -12,7 +12,7 @@ from pathlib import Path
 
 from sentence_transformers import SentenceTransformer
 
-from alia.core.io import read_parquet
+from alia.core.io import read_parquet, write_text
 from alia.core.models import require_model
 from alia.core.params import load_params
 from alia.core.tracking import check_outputs, finish_stage
@@ -48,7 +48,7 @@ metrics = {
     "finetuned_minus_bm25": over_seeds(per_seed, bm25),
 }
 
-table_file.write_text(results_table(metrics, split, len(seeds)))
+write_text(table_file, results_table(metrics, split, len(seeds)))
 print(table_file.read_text())
 plot_rows = [
     {"task": f"{task} {system}", "ndcg@10": metrics[system][task]["ndcg@10"]}

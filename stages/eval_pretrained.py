@@ -8,7 +8,7 @@ python stages/eval_pretrained.py <name> <model_dir> <eval_dir> <metrics.json> <b
 import sys
 from pathlib import Path
 
-from alia.core.io import read_parquet, write_json
+from alia.core.io import read_parquet, write_json, write_parquet
 from alia.core.params import load_params
 from alia.core.precision import report, resolve_dtype
 from alia.core.tracking import check_outputs, finish_stage, start_run
@@ -26,5 +26,5 @@ with start_run("eval_pretrained", params | {"precision": precision, "model": str
     metrics, breakdown, predictions = evaluate_model(model_dir, question_sets, params, desc=name)
     write_json(breakdown_file, breakdown)
     predictions_file.parent.mkdir(parents=True, exist_ok=True)
-    predictions.to_parquet(predictions_file, index=False)
+    write_parquet(predictions, predictions_file)
     finish_stage("eval_pretrained", metrics, metrics_file, inputs={eval_dir: "evaluation"})

@@ -11,7 +11,7 @@ breakdown are separate files, so that experiment tables stay readable.
 import sys
 from pathlib import Path
 
-from alia.core.io import read_parquet, write_json
+from alia.core.io import read_parquet, write_json, write_parquet
 from alia.core.params import load_params
 from alia.core.precision import report, resolve_dtype
 from alia.core.tracking import check_outputs, finish_stage, start_run
@@ -37,5 +37,5 @@ with start_run(
     metrics = compare_with_base(metrics, predictions, read_parquet(untuned_predictions_file), params)
     write_json(breakdown_file, breakdown)
     predictions_file.parent.mkdir(parents=True, exist_ok=True)
-    predictions.to_parquet(predictions_file, index=False)
+    write_parquet(predictions, predictions_file)
     finish_stage("eval_student", metrics, metrics_file, inputs={eval_dir: "evaluation"})

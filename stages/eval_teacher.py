@@ -10,7 +10,7 @@ python stages/eval_teacher.py <eval_dir> <student_predictions_dir> <cache.sqlite
 import sys
 from pathlib import Path
 
-from alia.core.io import read_parquet, write_json
+from alia.core.io import read_parquet, write_json, write_parquet
 from alia.core.params import load_params
 from alia.core.tracking import check_outputs, finish_stage, start_run
 from alia.llm.teacher import stage_teacher
@@ -26,5 +26,5 @@ with start_run("eval_teacher", params), stage_teacher(params["teacher"], cache) 
     metrics, breakdown, predictions = evaluate_endpoint(teacher, question_sets, params, mcqa)
     metrics = compare_with_students(metrics, predictions, students, mcqa)
     write_json(breakdown_file, breakdown)
-    predictions.to_parquet(predictions_file, index=False)
+    write_parquet(predictions, predictions_file)
     finish_stage("eval_teacher", metrics, metrics_file, teacher=teacher, inputs={eval_dir: "evaluation"})

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from alia.core.io import read_parquet
+from alia.core.io import read_parquet, write_parquet
 from alia.core.params import load_params
 from alia.core.tracking import check_outputs, finish_stage
 from alia.data import kg
@@ -68,7 +68,7 @@ with (
     write_chunks(chunks, out_file)
 
 entities_file.parent.mkdir(parents=True, exist_ok=True)
-entities.to_parquet(entities_file, index=False)
+write_parquet(entities, entities_file)
 metrics = {
     "documents_read": len(base),
     "entity_answers_ok": int(answers["ok"].sum()),

@@ -11,7 +11,7 @@ Each record is checked against its KD_Base document's facts (alia.kd.faithfulnes
 import sys
 from pathlib import Path
 
-from alia.core.io import read_parquet
+from alia.core.io import read_parquet, write_parquet
 from alia.core.params import load_params
 from alia.core.tracking import check_outputs, finish_stage
 from alia.kd.corpora import filter_passages, qa_records, qa_requests, raft_records
@@ -38,8 +38,8 @@ with (
 raft = raft_records(qa, summaries, **params["raft"])
 
 qa_file.parent.mkdir(parents=True, exist_ok=True)
-qa.to_parquet(qa_file, index=False)
-raft.to_parquet(raft_file, index=False)
+write_parquet(qa, qa_file)
+write_parquet(raft, raft_file)
 metrics = {
     "documents": len(requests),
     "qa_records": len(qa),

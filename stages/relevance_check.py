@@ -6,7 +6,7 @@ python stages/relevance_check.py <tables_dir> <discovery_dir> <out_dir> <cache.s
 import sys
 from pathlib import Path
 
-from alia.core.io import read_parquet
+from alia.core.io import read_parquet, write_parquet
 from alia.core.params import load_params
 from alia.core.tracking import check_outputs, finish_stage
 from alia.data.tables import read_table
@@ -28,7 +28,7 @@ with stage_teacher(params.get("teacher"), cache) as teacher:
     relevance = check_relevance(teacher, load_prompt("relevance_check"), requests)
 
 out_dir.mkdir(parents=True, exist_ok=True)
-relevance.to_parquet(out_dir / "relevance.parquet", index=False)
+write_parquet(relevance, out_dir / "relevance.parquet")
 metrics = {
     "triplets": len(relevance),
     "answers_ok": int(relevance["ok"].sum()),

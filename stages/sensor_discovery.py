@@ -6,6 +6,7 @@ python stages/sensor_discovery.py <tables_dir> <vocabulary_rules.yaml> <out_dir>
 import sys
 from pathlib import Path
 
+from alia.core.io import write_parquet
 from alia.core.params import load_params
 from alia.core.tracking import check_outputs, finish_stage
 from alia.data.tables import read_tables
@@ -29,9 +30,9 @@ with stage_teacher(params.get("teacher"), cache) as teacher:
     )
 
 out_dir.mkdir(parents=True, exist_ok=True)
-answers.to_parquet(out_dir / "answers.parquet", index=False)
-sensors.to_parquet(out_dir / "sensors.parquet", index=False)
-extend_vocabulary(vocabulary, sensors, prompt).to_parquet(out_dir / "vocabulary.parquet", index=False)
+write_parquet(answers, out_dir / "answers.parquet")
+write_parquet(sensors, out_dir / "sensors.parquet")
+write_parquet(extend_vocabulary(vocabulary, sensors, prompt), out_dir / "vocabulary.parquet")
 metrics = {
     "classes": len(classes),
     "answers_ok": int(answers["ok"].sum()),

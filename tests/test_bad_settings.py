@@ -174,6 +174,25 @@ def test_a_truncated_parquet_corpus(project):
     assert not (project / "qa.parquet").exists()
 
 
+def test_a_training_failure_under_accelerate_is_one_line(project):
+    """train_student as dvc.yaml runs it, under `accelerate launch`: the stage's own line, no
+    launcher traceback (CalledProcessError) after it."""
+    command = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train_student"]["do"]["cmd"]
+    launcher = command.split(" stages/train_student.py")[0].replace(
+        "${train_student.accelerate_config}", str(REPO / load_params("train_student")["accelerate_config"])
+    )
+    corpus = project / "corpus.parquet"
+    pd.DataFrame({"question": ["q"] * 50, "answer": ["a"] * 50}).to_parquet(corpus)
+    corpus.write_bytes(corpus.read_bytes()[:100])
+    args = ["kd_qa", corpus.name, "pretrained", "adapter", "ckpt", "metrics.json", "plot.json"]
+    result = subprocess.run(
+        [*launcher.split(), str(REPO / "stages" / "train_student.py"), *args],
+        cwd=project, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert "CalledProcessError" not in result.stderr
+    assert error_line(result, "train_student").startswith("corpus.parquet: not a readable Parquet file (")
+
+
 def test_an_output_folder_without_write_permission():
     # as root a mode bit stops nobody: the stage then runs as the unprivileged user `nobody`
     root = Path(tempfile.mkdtemp(prefix="alia-readonly-"))

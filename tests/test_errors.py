@@ -87,7 +87,7 @@ def test_an_unreadable_parquet(tmp_path):
     ]
     message = error_line(stage("kd_qa", corpus, *facts, *out), "kd_qa")
     assert message.startswith(f"{corpus}: not a readable Parquet file (") and message.endswith(
-        "): re-create it with `dvc repro`"
+        "): re-create it with `dvc repro` or `dvc pull`"
     )
 
 

@@ -157,6 +157,11 @@ def test_resume_after_interruption(crashed_run, tmp_path):
     assert uninterrupted["resumed_from_step"] == 0
     # the resumed run continued the same optimisation: same last loss as a run never interrupted
     assert resumed["last_loss"] == pytest.approx(uninterrupted["last_loss"], rel=1e-4)
+    # and reports the whole run, not the steps since the resume: the loss over all 4 steps, the tokens
+    # of all 4 (the trainer's own training_loss and TRL's num_tokens restart at the resume)
+    assert len(resumed["losses"]) == 4 and resumed["num_tokens"] > 0
+    for figure in ("steps", "train_loss", "first_loss", "num_tokens", "trainable_params"):
+        assert resumed[figure] == pytest.approx(uninterrupted[figure], rel=1e-4), figure
     # and its adapter loads, with the weights of the run never interrupted
     resumed_model, again = (
         load_model(tmp_path / "adapter", "float32")[0],
@@ -170,3 +175,34 @@ def test_checkpoints_of_another_training_are_not_resumed(crashed_run, tmp_path):
     changed = train_adapter(**crashed_run, sft=TRAINING | {"learning_rate": 1e-2})
     assert changed["resumed_from_step"] == 0 and changed["steps"] == 4
     assert Path(tmp_path / "adapter" / "adapter_config.json").exists()
+
+
+def _cut_short(checkpoint: Path, how: str) -> None:
+    """`checkpoint` as a kill while saving leaves it: its trainer_state.json missing or half-written."""
+    state = checkpoint / "trainer_state.json"
+    if how == "missing":
+        state.unlink()
+    else:
+        state.write_text(state.read_text()[:40])
+
+
+@pytest.mark.parametrize("how", ["missing", "truncated"])
+def test_an_incomplete_checkpoint_is_skipped(crashed_run, tmp_path, capsys, how):
+    """A checkpoint cut short while saving is removed (one line says so) and the one before it resumes."""
+    import shutil
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(ckpt / "checkpoint-2", ckpt / "checkpoint-3")  # as if step 3's save had begun
+    state = json.loads((ckpt / "checkpoint-3" / "trainer_state.json").read_text())
+    (ckpt / "checkpoint-3" / "trainer_state.json").write_text(json.dumps(state | {"global_step": 3}))
+    _cut_short(ckpt / "checkpoint-3", how)
+    resumed = train_adapter(**crashed_run, sft=TRAINING)
+    assert resumed["resumed_from_step"] == 2 and resumed["steps"] == 4
+    assert "checkpoint-3: incomplete" in capsys.readouterr().out
+
+
+def test_no_complete_checkpoint_starts_over(crashed_run, tmp_path, capsys):
+    _cut_short(tmp_path / "ckpt" / "checkpoint-2", "missing")
+    fresh = train_adapter(**crashed_run, sft=TRAINING)
+    assert fresh["resumed_from_step"] == 0 and fresh["steps"] == 4 and len(fresh["losses"]) == 4
+    assert "checkpoint-2: incomplete" in capsys.readouterr().out

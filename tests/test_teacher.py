@@ -325,3 +325,47 @@ def test_a_cache_written_before_tool_calls_still_answers(server, tmp_path):
         assert [a.text for a in teacher.ask([user("pump")])] == ["answer to: pump"]
         assert teacher.stats["cache_hits"] == 1 and teacher.chat(user("pump")).tool_calls == []
     assert len(server.requests) == 1
+
+
+def test_an_answer_of_another_endpoint_is_asked_again_unless_the_cache_is_shared(server, tmp_path, capsys):
+    """The cache records who answered: another endpoint under the same model name is asked again (one line
+    says so), unless teacher.share_cache_across_endpoints says the two are replicas of one model."""
+    cache = tmp_path / "cache.sqlite"
+    prompts = [user("pump"), user("fan")]
+    with LLMClient(config(server), cache) as teacher:
+        teacher.ask(prompts)
+    with FakeOpenAI(lambda messages: "another model's answer") as other:
+        with LLMClient(config(other), cache) as teacher:
+            again = teacher.ask(prompts)
+        assert len(other.requests) == 2 and teacher.run_stats()["other_endpoint"] == 2
+        assert [a.text for a in again] == ["another model's answer"] * 2
+        err = capsys.readouterr().err  # said once, however many answers it concerns
+        assert (
+            err.count("holds answers of") == 1
+            and (
+                f"{cache}: holds answers of {server.base_url}, not of {other.base_url}: asking again "
+                "(teacher.share_cache_across_endpoints: true shares a cache between replicas of a model)\n"
+            )
+            in err
+        )
+    with LLMClient(config(server, share_cache_across_endpoints=True), cache) as replica:
+        shared = replica.ask(prompts)  # the other endpoint's answers, now the cache's, served
+    assert [a.text for a in shared] == ["another model's answer"] * 2
+    assert replica.run_stats()["calls"] == 0 and len(server.requests) == 2
+
+
+def test_a_cache_from_before_endpoints_were_recorded_is_served(server, tmp_path):
+    cache = tmp_path / "cache.sqlite"
+    with LLMClient(config(server), cache) as teacher:
+        teacher.ask([user("pump")])
+    with sqlite3.connect(cache) as db:
+        db.execute("UPDATE responses SET endpoint = NULL")
+    with FakeOpenAI() as other, LLMClient(config(other), cache) as teacher:
+        teacher.ask([user("pump")])
+        assert teacher.run_stats()["cache_hits"] == 1 and other.requests == []
+
+
+def test_the_local_endpoint_is_its_model_file_not_its_port():
+    local = teacher_config()
+    assert local.base_url == "local" and local.endpoint() == f"local:{local.local.model}"
+    assert teacher_config(base_url="http://gpu-node:8000/v1/").endpoint() == "http://gpu-node:8000/v1"

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import yaml
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
 
+from alia.core.io import write_text
 from alia.core.models import SOURCE_FILE
 
 # the source tables' licence (data/raw/LICENSE-CC-BY-4.0.txt), which everything derived inherits
@@ -76,7 +77,7 @@ def write_model_card(
         ]
     )
     path = Path(out_dir) / "README.md"
-    ModelCard(_card(data, body)).save(path)
+    write_text(path, str(ModelCard(_card(data, body))))
     return path
 
 
@@ -182,6 +183,5 @@ def write_dataset_card(corpus: str | Path, card_file: str | Path) -> Path:
         ]
     )
     card_file = Path(card_file)
-    card_file.parent.mkdir(parents=True, exist_ok=True)
-    DatasetCard(_card(data, body)).save(card_file)
+    write_text(card_file, str(DatasetCard(_card(data, body))))
     return card_file

@@ -38,11 +38,12 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_mcqa(args: argparse.Namespace) -> int:
     """Load FailureSensorIQ-format questions (a local .jsonl or the published dataset) into Parquet."""
+    from alia.core.io import write_parquet
     from alia.student.failuresensoriq import load_mcqa
 
     questions = load_mcqa(args.source, revision=args.revision)
     if args.out:
-        questions.to_parquet(args.out, index=False)
+        write_parquet(questions, args.out)
     by_asset = questions["asset_name"].value_counts().to_dict()
     print(json.dumps({"questions": len(questions), "by_asset": by_asset}, indent=2))
     return 0
@@ -156,11 +157,11 @@ def cmd_exp_transfer(args: argparse.Namespace) -> int:
 
 def cmd_plots_page(args: argparse.Namespace) -> int:
     """Write the offline HTML page that `dvc plots show` fills (.dvc/config plots.html_template)."""
-    from pathlib import Path
 
+    from alia.core.io import write_text
     from alia.report import offline_page
 
-    Path(args.out).write_text(offline_page(), encoding="utf-8")
+    write_text(args.out, offline_page())
     return 0
 
 

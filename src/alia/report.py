@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from alia.core.io import read_json, read_parquet
+from alia.core.io import read_json, read_parquet, write_text
 from alia.core.params import load_params
 from alia.core.precision import device, resolve_dtype
 from alia.kd.corpora import corpus_batches, corpus_texts
@@ -392,5 +392,4 @@ def agent_section(agent_metrics: Path) -> str:
 def write_report(sections: list[str], out_file: Path, title: str = "alia: the run") -> None:
     page = offline_page(title).replace("{refresh_tag}", "")
     body = "\n".join([f"<h1>{html.escape(title)}</h1>", *sections])
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    out_file.write_text(page.replace("{plot_divs}", body), encoding="utf-8")
+    write_text(out_file, page.replace("{plot_divs}", body))

@@ -3,13 +3,21 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+# what a write meets: a full disk or quota, a file too large, no permission, a read-only file system
+WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS}
 
 
 class TableError(ValueError):
@@ -54,15 +62,29 @@ def _csv_column(path: Path, data: bytes, line_start: int, offset: int) -> str | 
 
 def read_parquet(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
     """A Parquet file or folder that a stage wrote; an unreadable one is reported by its name."""
+    with parquet_errors(path):
+        return pd.read_parquet(path, columns=columns)
+
+
+def read_arrow(path: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """`read_parquet`, as an Arrow table (its schema as written)."""
+    with parquet_errors(path):
+        return pq.read_table(path, columns=columns)
+
+
+@contextmanager
+def parquet_errors(path: str | Path) -> Iterator[None]:
+    """Reading the Parquet file `path` in the block: a missing or corrupt one (a truncated write, a bad
+    object pulled from a remote) is a `TableError` naming it, not pyarrow's message naming a buffer."""
     path = Path(path)
     if not path.exists():
         raise TableError(path, "no such file (the stage that writes it has not run: `dvc repro`)")
     try:
-        return pd.read_parquet(path, columns=columns)
-    except (pa.ArrowException, OSError) as err:  # pyarrow's message names a buffer, not the file
+        yield
+    except (pa.ArrowException, OSError) as err:
         message = " ".join(str(err).split())
         raise TableError(
-            path, f"not a readable Parquet file ({message}): re-create it with `dvc repro`"
+            path, f"not a readable Parquet file ({message}): re-create it with `dvc repro` or `dvc pull`"
         ) from None
 
 
@@ -76,20 +98,76 @@ def read_json(path: Path) -> Any:
         raise TableError(path, f"invalid JSON: {err.msg}", row=err.lineno) from None
 
 
-def write_json(path: str | Path, content: Any) -> None:
+@contextmanager
+def replacing(path: str | Path) -> Iterator[Path]:
+    """A temporary name beside `path` (a file or a folder) to write to, renamed to `path` once written
+    and removed if writing failed: a reader finds the old output or the new one, never half of one. A
+    full disk or a missing permission is a `TableError` naming `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(content, indent=2) + "\n")
+    partial = partial_name(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove(partial)  # left by a run killed while writing
+        yield partial
+        move_into_place(partial, path)
+    except OSError as err:
+        remove(partial)
+        if err.errno not in WRITE_ERRORS:  # not the writing's (a model source that is not there, say)
+            raise
+        raise TableError(path, f"could not write it ({err.strerror or err})") from None
+    except BaseException:
+        remove(partial)
+        raise
+
+
+def partial_name(path: Path) -> Path:
+    """Where `replacing` writes `path` before renaming it: hidden, so that a folder of Parquet files
+    read whole (pyarrow skips names starting with a dot) never includes it."""
+    return path.with_name(f".{path.name}.partial")
+
+
+def move_into_place(partial: Path, path: Path) -> None:
+    if path.is_dir() and partial.is_dir():
+        shutil.rmtree(path)  # os.replace renames a folder only over an empty one
+    os.replace(partial, path)
+
+
+def remove(path: Path) -> None:
+    """`path`, a file or a folder, gone (if it was there)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def write_json(path: str | Path, content: Any) -> None:
+    write_text(path, json.dumps(content, indent=2) + "\n")
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with replacing(path) as partial:
+        partial.write_text(text, encoding="utf-8")
+
+
+def write_parquet(table: pd.DataFrame | pa.Table, path: str | Path) -> None:
+    """A DataFrame (without its index) or an Arrow table as a Parquet file, whole or not at all."""
+    with replacing(path) as partial:
+        if isinstance(table, pa.Table):
+            pq.write_table(table, partial)
+        else:
+            table.to_parquet(partial, index=False)
 
 
 class ChunkWriter:
     """A Parquet file written a chunk (row group) at a time, as chunks come: the first non-empty chunk
     sets the schema (every chunk has the same columns), so no chunk waits for the others. `close()`
-    leaves the file there even when nothing was written (with the columns, where a chunk told them)."""
+    leaves the file there even when nothing was written (with the columns, where a chunk told them).
+    Chunks go to a temporary name (`replacing`): a run that fails leaves no file that looks whole."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._replacing = replacing(self.path)
+        self.partial = self._replacing.__enter__()
         self.writer: pq.ParquetWriter | None = None
         self.rows, self.empty = 0, pd.DataFrame()
 
@@ -97,27 +175,35 @@ class ChunkWriter:
         if chunk.empty:  # its columns' types are unknown (pandas object, Arrow null)
             self.empty = chunk
             return
-        if self.writer is None:
-            schema = _concrete(pa.Schema.from_pandas(chunk, preserve_index=False))
-            self.writer = pq.ParquetWriter(self.path, schema)
-        table = pa.Table.from_pandas(chunk, preserve_index=False, schema=self.writer.schema)
-        self.writer.write_table(table)
+        try:
+            if self.writer is None:
+                schema = _concrete(pa.Schema.from_pandas(chunk, preserve_index=False))
+                self.writer = pq.ParquetWriter(self.partial, schema)
+            table = pa.Table.from_pandas(chunk, preserve_index=False, schema=self.writer.schema)
+            self.writer.write_table(table)
+        except OSError as err:  # the partial file removed, and a TableError naming the file raised
+            self.__exit__(type(err), err, err.__traceback__)
+            raise
         self.rows += len(chunk)
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        else:
-            self.empty.to_parquet(self.path, index=False)
+        self.__exit__(None, None, None)
 
     def __enter__(self) -> ChunkWriter:
         return self
 
     def __exit__(self, error: type | None, *exc: object) -> None:
-        if error is None:
-            self.close()
-        elif self.writer is not None:  # what was written stays readable
+        if self._replacing is None:
+            return  # closed already
+        replacing, self._replacing = self._replacing, None
+        if self.writer is not None:
             self.writer.close()
+        if error is None:
+            if self.writer is None:
+                self.empty.to_parquet(self.partial, index=False)
+            replacing.__exit__(None, None, None)
+        else:
+            replacing.__exit__(error, *exc)
 
 
 def _concrete(schema: pa.Schema) -> pa.Schema:

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 import networkx as nx
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from alia.core.io import read_arrow, replacing, write_parquet
 from alia.data.tables import (
     ASSET_FACTS_FILE,
     EQUIPMENT_CLASSES_FILE,
@@ -200,11 +200,11 @@ class KnowledgeGraph:
         """nodes.parquet and edges.parquet (the data), graph.graphml (for viewing in Gephi or yEd)."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        pq.write_table(
+        write_parquet(
             pa.Table.from_pandas(self.nodes_frame(), schema=NODE_SCHEMA, preserve_index=False),
             out_dir / "nodes.parquet",
         )
-        pq.write_table(
+        write_parquet(
             pa.Table.from_pandas(self.edges_frame(), schema=EDGE_SCHEMA, preserve_index=False),
             out_dir / "edges.parquet",
         )
@@ -218,16 +218,17 @@ class KnowledgeGraph:
                 (u, v, k, {**d, "attrs": _dump(d["attrs"])})
                 for u, v, k, d in self.graph.edges(keys=True, data=True)
             )
-            nx.write_graphml(flat, out_dir / "graph.graphml")
+            with replacing(out_dir / "graph.graphml") as partial:
+                nx.write_graphml(flat, partial)
 
     @classmethod
     def read(cls, kg_dir: str | Path) -> KnowledgeGraph:
         """Load nodes.parquet and edges.parquet, re-checking every node and edge against the schema."""
         kg_dir = Path(kg_dir)
         kg = cls()
-        for r in pq.read_table(kg_dir / "nodes.parquet").to_pylist():
+        for r in read_arrow(kg_dir / "nodes.parquet").to_pylist():
             kg.add_node(r["type"], r["name"], r["source"], r["origin"], **json.loads(r["attrs"]))
-        for r in pq.read_table(kg_dir / "edges.parquet").to_pylist():
+        for r in read_arrow(kg_dir / "edges.parquet").to_pylist():
             kg.add_edge(
                 r["src"], r["dst"], r["type"], r["source"], r["origin"], r["asset"], **json.loads(r["attrs"])
             )

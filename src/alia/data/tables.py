@@ -15,9 +15,8 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from alia.core.io import TableError, read_json, read_text
+from alia.core.io import TableError, read_arrow, read_json, read_text, write_parquet
 from alia.data.vocabulary import Canonicaliser
 
 # Raw files, relative to the raw data folder (data/raw/).
@@ -343,16 +342,17 @@ def write_tables(tables: SourceTables, out_dir: str | Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, df in tables.frames.items():
         table = pa.Table.from_pandas(df, schema=SCHEMAS[name], preserve_index=False)
-        pq.write_table(table, out_dir / f"{name}.parquet")
+        write_parquet(table, out_dir / f"{name}.parquet")
 
 
 def read_table(name: str, tables_dir: str | Path) -> pd.DataFrame:
     """One normalised table, checked against its schema."""
     path = Path(tables_dir) / f"{name}.parquet"
-    schema = pq.read_schema(path)
-    if not schema.remove_metadata().equals(SCHEMAS[name]):
-        raise TableError(path, f"schema {schema.remove_metadata()} differs from the expected {SCHEMAS[name]}")
-    return pq.read_table(path).to_pandas()
+    table = read_arrow(path)
+    schema = table.schema.remove_metadata()
+    if not schema.equals(SCHEMAS[name]):
+        raise TableError(path, f"schema {schema} differs from the expected {SCHEMAS[name]}")
+    return table.to_pandas()
 
 
 def read_tables(tables_dir: str | Path) -> SourceTables:

