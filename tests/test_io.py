@@ -91,3 +91,14 @@ def test_a_corrupt_parquet_input_is_named_by_every_reader(tmp_path):
     for read in (read_parquet, lambda p: list(corpus_batches(p)), lambda p: KnowledgeGraph.read(p.parent)):
         with pytest.raises(TableError, match=rf"^{bad}: not a readable Parquet file \("):
             read(bad)
+
+
+def test_a_file_too_large_at_close_names_that_file_not_another(tmp_path, monkeypatch):
+    """Two writers open, as a KD stage holds its corpus and its rejects: the one that failed is named,
+    and neither leaves a file."""
+    corpus, rejects = tmp_path / "kd_base.parquet", tmp_path / "rejects.parquet"
+    with pytest.raises(TableError) as caught, ChunkWriter(rejects), ChunkWriter(corpus) as writer:
+        writer.write(pd.DataFrame({"x": [1]}))
+        monkeypatch.setattr(pq.ParquetWriter, "close", _disk_full)
+    assert str(caught.value).startswith(f"{corpus}: could not write it (")
+    assert list(tmp_path.iterdir()) == []

@@ -99,25 +99,33 @@ def read_json(path: Path) -> Any:
 
 
 @contextmanager
+def write_errors(path: str | Path) -> Iterator[None]:
+    """Writing `path` in the block: a full disk, a file too large or a missing permission is a
+    `TableError` naming `path` (pyarrow's and torch's messages name no file)."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in WRITE_ERRORS:  # not the writing's (a model source that is not there, say)
+            raise
+        raise TableError(path, f"could not write it ({err.strerror or err})") from None
+
+
+@contextmanager
 def replacing(path: str | Path) -> Iterator[Path]:
     """A temporary name beside `path` (a file or a folder) to write to, renamed to `path` once written
     and removed if writing failed: a reader finds the old output or the new one, never half of one. A
     full disk or a missing permission is a `TableError` naming `path`."""
     path = Path(path)
     partial = partial_name(path)
-    try:
+    with write_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         remove(partial)  # left by a run killed while writing
-        yield partial
-        move_into_place(partial, path)
-    except OSError as err:
-        remove(partial)
-        if err.errno not in WRITE_ERRORS:  # not the writing's (a model source that is not there, say)
-            raise
-        raise TableError(path, f"could not write it ({err.strerror or err})") from None
-    except BaseException:
-        remove(partial)
-        raise
+    try:
+        with write_errors(path):
+            yield partial
+            move_into_place(partial, path)
+    finally:
+        remove(partial)  # gone already, once renamed
 
 
 def partial_name(path: Path) -> Path:
@@ -162,27 +170,31 @@ class ChunkWriter:
     """A Parquet file written a chunk (row group) at a time, as chunks come: the first non-empty chunk
     sets the schema (every chunk has the same columns), so no chunk waits for the others. `close()`
     leaves the file there even when nothing was written (with the columns, where a chunk told them).
-    Chunks go to a temporary name (`replacing`): a run that fails leaves no file that looks whole."""
+    Chunks go to a temporary name, renamed on `close()`: a run that fails, or a write that failed,
+    leaves no file that looks whole (the one before stays)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self._replacing = replacing(self.path)
-        self.partial = self._replacing.__enter__()
+        self.partial = partial_name(self.path)
+        with write_errors(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            remove(self.partial)  # left by a run killed while writing
         self.writer: pq.ParquetWriter | None = None
-        self.rows, self.empty = 0, pd.DataFrame()
+        self.rows, self.empty, self.failed, self.closed = 0, pd.DataFrame(), False, False
 
     def write(self, chunk: pd.DataFrame) -> None:
         if chunk.empty:  # its columns' types are unknown (pandas object, Arrow null)
             self.empty = chunk
             return
         try:
-            if self.writer is None:
-                schema = _concrete(pa.Schema.from_pandas(chunk, preserve_index=False))
-                self.writer = pq.ParquetWriter(self.partial, schema)
-            table = pa.Table.from_pandas(chunk, preserve_index=False, schema=self.writer.schema)
-            self.writer.write_table(table)
-        except OSError as err:  # the partial file removed, and a TableError naming the file raised
-            self.__exit__(type(err), err, err.__traceback__)
+            with write_errors(self.path):
+                if self.writer is None:
+                    schema = _concrete(pa.Schema.from_pandas(chunk, preserve_index=False))
+                    self.writer = pq.ParquetWriter(self.partial, schema)
+                table = pa.Table.from_pandas(chunk, preserve_index=False, schema=self.writer.schema)
+                self.writer.write_table(table)
+        except BaseException:
+            self.failed = True  # what was written is not the whole file: never renamed into place
             raise
         self.rows += len(chunk)
 
@@ -193,17 +205,19 @@ class ChunkWriter:
         return self
 
     def __exit__(self, error: type | None, *exc: object) -> None:
-        if self._replacing is None:
-            return  # closed already
-        replacing, self._replacing = self._replacing, None
-        if self.writer is not None:
-            self.writer.close()
-        if error is None:
-            if self.writer is None:
-                self.empty.to_parquet(self.partial, index=False)
-            replacing.__exit__(None, None, None)
-        else:
-            replacing.__exit__(error, *exc)
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            with write_errors(self.path):
+                if self.writer is not None:
+                    self.writer.close()
+                if error is None and not self.failed:
+                    if self.writer is None:
+                        self.empty.to_parquet(self.partial, index=False)
+                    move_into_place(self.partial, self.path)
+        finally:
+            remove(self.partial)  # gone already, once renamed
 
 
 def _concrete(schema: pa.Schema) -> pa.Schema:
