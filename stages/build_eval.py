@@ -28,7 +28,6 @@ sets = {
     ),
     "expert": load_question_set(params["expert_set"]),
 }
-out_dir.mkdir(parents=True, exist_ok=True)
 metrics = {}
 for name, questions in sets.items():
     write_parquet(to_table(questions), out_dir / f"{name}.parquet")

@@ -45,7 +45,6 @@ entities = check_descriptions(entities, rows, reference_model, params["filters"]
 descriptions = description_lookup(entities)
 rows = finish(augment(rows, descriptions, params["augment_p"], params["seed"], params["eval_augment_p"]))
 
-tasks_file.parent.mkdir(parents=True, exist_ok=True)
 write_parquet(to_table(rows), tasks_file)
 write_parquet(entities, entities_file)
 counts = pd.crosstab(rows["task"], rows["split"])

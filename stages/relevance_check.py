@@ -27,7 +27,6 @@ requests = relevance_requests(
 with stage_teacher(params.get("teacher"), cache) as teacher:
     relevance = check_relevance(teacher, load_prompt("relevance_check"), requests)
 
-out_dir.mkdir(parents=True, exist_ok=True)
 write_parquet(relevance, out_dir / "relevance.parquet")
 metrics = {
     "triplets": len(relevance),

@@ -29,7 +29,6 @@ with stage_teacher(params.get("teacher"), cache) as teacher:
         teacher, prompt, classes, Canonicaliser.from_yaml(rules_file), known_sensors, params["max_sensors"]
     )
 
-out_dir.mkdir(parents=True, exist_ok=True)
 write_parquet(answers, out_dir / "answers.parquet")
 write_parquet(sensors, out_dir / "sensors.parquet")
 write_parquet(extend_vocabulary(vocabulary, sensors, prompt), out_dir / "vocabulary.parquet")

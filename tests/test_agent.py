@@ -1,6 +1,7 @@
 """The maintenance agent: the retrieval tools over a tiny fine-tuned embedder (gold items in the top k,
-the candidates filter, the threshold), the questions and their scoring, and whole agent runs against
-a fake OpenAI-compatible server on 127.0.0.1 that scripts the tool calls."""
+the candidates filter, the threshold) and over BM25, the repeat guard, and whole agent runs against a
+fake OpenAI-compatible server on 127.0.0.1 that scripts the tool calls (the question set, scoring and
+the systems: tests/test_agent_eval.py)."""
 
 import json
 import re
@@ -12,15 +13,10 @@ from conftest import REPO, teacher_config
 from fake_openai import FakeOpenAI
 from smolagents.utils import AgentGenerationError
 
-from alia.agent.evaluation import (
-    agent_questions,
-    answer_scores,
-    evaluate_agent,
-    mentioned_items,
-    summary_metrics,
-)
-from alia.agent.react import build_agent, run_agent, tool_call_schema
-from alia.agent.tools import TOOL_TASKS, EmbedderTools
+from alia.agent.evaluation import run_react
+from alia.agent.react import REPEAT_NUDGE, build_agent, run_agent, tool_call_schema
+from alia.agent.scenarios import build_scenarios
+from alia.agent.tools import TOOL_TASKS, BM25Tools, EmbedderTools
 from alia.core.models import package_dir
 from alia.embedder.tasks import augment, description_lookup, query_entities
 from alia.embedder.training import train_embedder
@@ -122,40 +118,14 @@ def test_bad_inputs_say_what_was_expected(tools, tasks_file, tiny_embedder):
         EmbedderTools(tiny_embedder[0], tasks_file, augment=True)
 
 
-# --- questions and scoring ---------------------------------------------------------------------
-
-
-def test_questions_are_about_the_split_assets_with_gold_from_the_tasks(tasks):
-    questions = agent_questions(tasks, "test", per_kind=3, seed=0)
-    test_assets = set(tasks.loc[(tasks["split"] == "test") & (tasks["asset"] != ""), "asset"])
-    assert len(questions) == 6 and questions["kind"].value_counts().to_dict() == {"symptom": 3, "confirm": 3}
-    assert set(questions["asset"]) <= test_assets
-    relevant = {
-        (t, tuple(e)): set(r)
-        for t, e, r in zip(tasks["task"], tasks["entities"], tasks["relevant"], strict=True)
-    }
-    for q in questions.itertuples():
-        if q.kind == "symptom":
-            assert set(q.gold_failure_modes) == relevant[("S2FM", (q.asset, q.subject))]
-            expected = set().union(
-                *(relevant.get(("FM2CMP", (q.asset, fm)), set()) for fm in q.gold_failure_modes)
-            )
-        else:
-            assert set(q.gold_sensors) == relevant[("FM2S", (q.asset, q.subject))]
-            expected = relevant.get(("FM2CMP", (q.asset, q.subject)), set())
-        assert set(q.gold_components) == expected
-        assert set(q.gold) == set(q.gold_failure_modes) | set(q.gold_sensors) | set(q.gold_components)
-        assert q.subject in q.question and q.asset in q.question
-    assert agent_questions(tasks, "test", 3, 0).equals(questions)  # seeded
-
-
-def test_answer_scores_by_hand():
-    vocabulary = ["bearing", "bearing damage", "temperature", "oil", "vibration"]
-    answer = "Bearing damage is likely; check the Temperature and the oil-filter."
-    assert mentioned_items(answer, vocabulary) == ["bearing damage", "oil", "temperature"]  # not "bearing"
-    scores = answer_scores(answer, ["bearing damage", "vibration"], vocabulary)
-    assert scores == {"recall": 0.5, "precision": pytest.approx(1 / 3), "named": 3}
-    assert answer_scores("nothing here", ["oil"], vocabulary) == {"recall": 0.0, "precision": 0.0, "named": 0}
+def test_bm25_tools_rank_by_word_overlap(tasks_file):
+    bm25 = BM25Tools(tasks_file, k=3, min_score=0.9)  # min_score is cosine's: not used
+    found = bm25.sensors_for_failure_mode(
+        "Compressor", "oil leakage", candidates=["oil leakage", "vibration", "noise"]
+    )
+    assert found[0]["item"] == "oil leakage" and found[0]["score"] > 0
+    assert [f["item"] for f in found[1:]] == ["noise", "vibration"]  # no shared word: score 0, by name
+    assert len(bm25.sensors_for_asset("Pump")) == 3
 
 
 # --- whole runs against a scripted endpoint ------------------------------------------------------
@@ -268,33 +238,61 @@ def never_answers(messages: list[dict]) -> dict:
     return {"content": "", "tool_calls": [call]}
 
 
-def test_evaluation_counts_failures_and_scores_answers(tools, tasks, tmp_path):
-    questions = agent_questions(tasks, "test", per_kind=1, seed=0)
-    vocabulary = sorted({i for cs in tasks["candidates"] for i in cs})
+def test_evaluation_counts_failures_and_repeats(tools, tasks, tmp_path):
+    scenarios = build_scenarios(tasks, "test", max_per_kind=1, seed=0).head(2)
     with (
         FakeOpenAI(never_answers) as server,
         LLMClient(llm_config(server), tmp_path / "c.sqlite") as teacher,
     ):
-        agent = build_agent(tools, teacher, max_steps=2, tool_calling="native")
-        answers, trace = evaluate_agent(agent, questions, vocabulary, progress=False)
-    metrics = summary_metrics(answers)
-    assert metrics["questions"] == 2 and metrics["failures"] == 2  # out of steps, both
-    assert (answers["state"] == "max_steps_error").all()
-    assert metrics["tool_calls"] == 2.0  # two sensors_for_asset calls per question
-    assert {r["question_id"] for r in trace} == set(questions["question_id"])
+        agent = build_agent(tools, teacher, max_steps=2, tool_calling="native", max_repeats=5)
+        answers, trace = run_react(agent, scenarios, progress=False)
+    assert answers["stopped"].all() and (answers["state"] == "max_steps_error").all()  # out of steps
+    assert answers["tool_calls"].tolist() == [2, 2]  # two sensors_for_asset calls per question
+    assert answers["repeated_calls"].tolist() == [1, 1] and answers["parse_failures"].tolist() == [0, 0]
+    assert {r["id"] for r in trace} == set(scenarios["id"])
+
+
+@pytest.mark.parametrize("max_repeats", [0, 1])
+def test_a_repeated_call_gets_its_observation_and_a_nudge_then_ends_the_loop(tools, tmp_path, max_repeats):
+    with (
+        FakeOpenAI(never_answers) as server,
+        LLMClient(llm_config(server), tmp_path / "c.sqlite") as teacher,
+    ):
+        agent = build_agent(tools, teacher, max_steps=6, tool_calling="native", max_repeats=max_repeats)
+        run = run_agent(agent, "Fan sensors?")
+        calls = len(server.requests)
+    actions = [r for r in run.trace if r["type"] == "action"]
+    first = str(tools.sensors_for_asset("Fan"))
+    assert actions[0]["observation"] == first
+    nudge = REPEAT_NUDGE.format(name="sensors_for_asset")
+    assert all(a["observation"] == f"{first}\n{nudge}" for a in actions[1:])
+    # every repeat up to max_repeats is answered, the next one ends the loop: not 6 steps spent
+    assert run.steps == max_repeats + 2 and run.repeats == max_repeats + 1
+    assert run.state == "max_steps_error" and run.trace[-2]["type"] == "forced_answer"
+    assert calls == run.steps + 1  # the steps, then the request for a final answer
 
 
 def _ask_project(root: Path, server: FakeOpenAI, max_steps: int) -> None:
-    """What `alia ask` reads in a folder: params.yaml (the teacher behind `server`, the agent's
-    settings) and the agent's prompt."""
+    """What `alia ask` and `alia eval-agent` read in a folder: params.yaml (the teacher behind `server`,
+    the agent's settings, eval_agent's) and the agent's prompts."""
     import yaml
 
-    agent = {"augment": False, "k": 5, "min_score": None, "max_steps": max_steps, "tool_calling": "native"}
+    agent = {"augment": False, "k": 5, "min_score": None, "max_steps": max_steps, "max_repeats": 1}
+    agent |= {"tool_calling": "native"}
     agent |= {"llm": {"temperature": 0.0}}
+    settings = {
+        "split": "test",
+        "max_per_kind": 40,
+        "react_per_kind": None,
+        "closed_book_max_tokens": 64,
+        "seed": 0,
+    }
     (root / "prompts").mkdir()
-    (root / "prompts" / "agent.yaml").write_text((REPO / "prompts" / "agent.yaml").read_text())
+    for prompt in ("agent.yaml", "agent_closed_book.yaml"):
+        (root / "prompts" / prompt).write_text((REPO / "prompts" / prompt).read_text())
     teacher = teacher_config(base_url=server.base_url, model="fake-model", api_key_env=None).model_dump()
-    (root / "params.yaml").write_text(yaml.safe_dump({"teacher": teacher, "agent": agent}))
+    params = {"teacher": teacher, "agent": agent, "eval_agent": settings}
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
 
 
 def test_alia_ask_prints_the_answer_and_the_trace(
@@ -336,16 +334,56 @@ def test_alia_ask_without_an_answer_says_so_and_exits_non_zero(
     assert printed.err.splitlines()[-1].startswith("no answer within 2 steps (max_steps_error")
 
 
+def closed_book_or_never_answers(messages: list[dict]) -> str | dict:
+    if "names only" in messages[-1]["content"]:  # the closed-book prompt
+        return "Vibration, and temparature."
+    return never_answers(messages)
+
+
+def test_alia_eval_agent_scores_a_scenario_file(
+    tools, tiny_embedder, tasks_file, tmp_path, monkeypatch, capsys
+):
+    from alia.cli import main
+
+    scenarios = [  # AssetOpsBench's fields; the first with our gold tool arguments, the second without
+        {"id": "s1", "text": "List all sensors that can detect bearing damage on a Compressor.",
+         "asset_name": "Compressor", "characteristic_form": "a list", "answer": ["vibration", "temperature"],
+         "kind": "fm2s", "arguments": {"asset": "Compressor", "failure_mode": "bearing damage"}},
+        {"id": "s2", "text": "Which sensors monitor a Fan?", "answer": "vibration, noise"},
+    ]  # fmt: skip
+    (tmp_path / "scenarios.jsonl").write_text("\n".join(json.dumps(s) for s in scenarios))
+    paths = ["--embedder", str(tiny_embedder[0]), "--pretrained", str(MINILM), "--tasks", str(tasks_file),
+             "--vocabulary", str(REPO / "data" / "tables" / "vocabulary.parquet"),
+             "--rules", str(REPO / "data" / "vocabulary_rules.yaml")]  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    with FakeOpenAI(closed_book_or_never_answers) as server:
+        _ask_project(tmp_path, server, max_steps=2)
+        assert main(["eval-agent", "scenarios.jsonl", "--out", "out", *paths]) == 0
+    metrics = json.loads((tmp_path / "out" / "agent.json").read_text())
+    answers = pd.read_parquet(tmp_path / "out" / "answers.parquet").set_index(["system", "id"])
+    assert {n: s["overall"]["questions"] for n, s in metrics["systems"].items()} == {
+        "oracle": 1, "oracle_pretrained": 1, "oracle_bm25": 1, "closed_book": 2, "react": 2,
+    }  # fmt: skip
+    found = [f["item"] for f in tools.sensors_for_failure_mode("Compressor", "bearing damage")]
+    assert list(answers.loc[("oracle", "s1"), "items"]) == sorted(found)
+    # the closed book's text read through the vocabulary: "temparature" is temperature
+    assert list(answers.loc[("closed_book", "s1"), "items"]) == ["temperature", "vibration"]
+    assert answers.loc[("closed_book", "s1"), "f1"] == 1.0 and answers.loc[("closed_book", "s2"), "f1"] == 0.5
+    assert answers.loc[("react", "s2"), "stopped"] and answers.loc[("react", "s2"), "repeated_calls"] == 1
+    printed = capsys.readouterr().out
+    assert "closed_book        n=2    F1 0.750" in printed
+
+
 def test_an_endpoint_failure_stops_the_evaluation(tools, tasks, tmp_path):
-    questions = agent_questions(tasks, "test", per_kind=1, seed=0)
-    questions["question"] = questions["question"] + " [500xinf]"  # the fake server always fails
+    scenarios = build_scenarios(tasks, "test", max_per_kind=1, seed=0).head(2)
+    scenarios["text"] = scenarios["text"] + " [500xinf]"  # the fake server always fails
     with FakeOpenAI() as server:
         config = teacher_config(base_url=server.base_url, model="fake-model", api_key_env=None, retries=0)
         with (
             LLMClient(config, tmp_path / "c.sqlite") as teacher,
             pytest.raises(AgentGenerationError) as raised,
         ):
-            evaluate_agent(build_agent(tools, teacher, max_steps=2), questions, [], progress=False)
+            run_react(build_agent(tools, teacher, max_steps=2), scenarios, progress=False)
     assert isinstance(raised.value.__cause__, LLMError)
 
 

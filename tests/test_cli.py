@@ -82,15 +82,16 @@ def test_ask_defaults_are_the_paths_eval_agent_reads(tmp_path, monkeypatch):
     dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
     command = dvc["stages"]["eval_agent"]["cmd"].split()
     monkeypatch.chdir(REPO)
-    assert (
-        list(ask_defaults().values())
-        == command[2:5]
-        == [
-            "models/embedder",
-            "data/embed/tasks.parquet",
-            "data/embed/descriptions.parquet",
-        ]
-    )
+    defaults = ask_defaults()
+    assert list(defaults.values()) == [
+        "models/embedder",
+        "models/pretrained/embedder",  # ${train_embedder.pretrained}, as params.yaml sets it
+        "data/embed/tasks.parquet",
+        "data/embed/descriptions.parquet",
+        "data/tables/vocabulary.parquet",
+        "data/vocabulary_rules.yaml",
+    ]
+    assert command[2] == defaults["embedder"] and command[4:8] == list(defaults.values())[2:]
     # a moved output moves the default with it
     dvc["stages"]["eval_agent"]["cmd"] = dvc["stages"]["eval_agent"]["cmd"].replace(
         "models/embedder", "models/e2"

@@ -154,7 +154,7 @@ def test_the_report_says_which_run_it_shows(tmp_path, tmp_path_factory, monkeypa
 
 def test_the_graph_is_drawn_and_the_agent_figures_explained(tables, tmp_path):
     """The graph's degree distribution per node kind and its best-connected nodes, as its edges give
-    them; every figure of the agent with what it measures ("failures": no answer within max_steps)."""
+    them; the agent's systems said in words, their figures with intervals and their comparisons."""
     import json
 
     from alia.data.kg import from_tables
@@ -173,11 +173,25 @@ def test_the_graph_is_drawn_and_the_agent_figures_explained(tables, tmp_path):
     top = pd.read_html(io.StringIO(section.split("best-connected nodes")[1]))[0]
     assert top["id"].iloc[0] == hub["id"] and len(top) == 8
 
-    agent = {"questions": 6, "recall": 0.08, "failures": 5, "llm": {}}
+    from alia.agent.evaluation import evaluation_metrics
+
+    scored = pd.DataFrame({
+        "system": ["oracle"] * 4 + ["react"] * 2, "id": list("abcdab"), "kind": list("xxyyxx"),
+        "cluster": list("abcdab"), "f1": [1, 0.5, 0.5, 0, 0.5, 0.0], "precision": 0.5, "recall": 0.5,
+        "exact": 0.0, "tool_calls": 1, "repeated_calls": [0, 0, 0, 0, 2, 1], "parse_failures": 0, "steps": 1,
+        "no_answer": [False] * 5 + [True], "stopped": [False] * 4 + [True, True],
+    })  # fmt: skip
+    agent = {"split": "test", "questions": 4, "react_questions": 2, **evaluation_metrics(scored)}
     (tmp_path / "agent.json").write_text(json.dumps(agent))
-    rows = pd.read_html(io.StringIO(agent_section(tmp_path / "agent.json")))[0].set_index("figure")
-    assert rows.loc["failures", "value"] == 5 and "max_steps" in rows.loc["failures", "what it is"]
-    assert list(rows.index) == ["questions", "recall", "failures"]
+    section = agent_section(tmp_path / "agent.json")
+    systems, comparisons = pd.read_html(io.StringIO(section))
+    systems = systems.set_index("system")
+    assert list(systems.index) == ["oracle", "react"] and "ceiling" in systems.loc["oracle", "what it is"]
+    assert systems.loc["oracle", "f1"].startswith("0.500 [") and systems.loc["react", "questions"] == 2
+    assert systems.loc["react", "repeated calls"] == 1.5 and systems.loc["react", "out of steps"] == 2
+    assert comparisons["comparison"].tolist() == ["oracle - react"]
+    assert comparisons["delta F1"][0].startswith("0.500 [") and comparisons["questions"][0] == 2
+    assert "vegaEmbed('#agent'" in section
 
 
 def rendered(spec: dict) -> dict[str, list]:

@@ -9,21 +9,27 @@ import sys
 
 
 def ask_defaults(dvc_file: str = "dvc.yaml") -> dict[str, str | None]:
-    """The pipeline outputs `alia ask` reads by default: the paths on stage eval_agent's command line
-    (dvc.yaml, in the current folder, is their one home); none where there is no dvc.yaml."""
+    """The pipeline outputs `alia ask` and `alia eval-agent` read by default: the paths on stage
+    eval_agent's command line (dvc.yaml, in the current folder, is their one home); none where there is
+    no dvc.yaml."""
     import shlex
     from pathlib import Path
 
     import yaml
 
+    names = ["embedder", "pretrained", "tasks", "descriptions", "vocabulary", "rules"]
     path = Path(dvc_file)
     if not path.exists():
-        return {"embedder": None, "tasks": None, "descriptions": None}
-    command = shlex.split(yaml.safe_load(path.read_text())["stages"]["eval_agent"]["cmd"])
-    embedder, tasks, descriptions = command[
-        2:5
-    ]  # python stages/eval_agent.py <embedder> <tasks> <descriptions>
-    return {"embedder": embedder, "tasks": tasks, "descriptions": descriptions}
+        return dict.fromkeys(names)
+    stages = yaml.safe_load(path.read_text())
+    command = shlex.split(stages["stages"]["eval_agent"]["cmd"])
+    # python stages/eval_agent.py <embedder> <pretrained> <tasks> <descriptions> <vocabulary> <rules> ...
+    values = dict(zip(names, command[2:8], strict=True))
+    params = path.with_name("params.yaml")
+    if "${train_embedder.pretrained}" in values["pretrained"] and params.exists():  # dvc's templating
+        chosen = yaml.safe_load(params.read_text())["train_embedder"]["pretrained"]
+        values["pretrained"] = values["pretrained"].replace("${train_embedder.pretrained}", chosen)
+    return values
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -69,7 +75,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     """Ask the maintenance agent (params.yaml `agent:`); prints its answer, and with --trace its steps."""
     from pathlib import Path
 
-    from alia.agent.react import agent_from_params, run_agent, write_trace
+    from alia.agent.react import agent_from_params, run_agent, tools_from_params, write_trace
     from alia.core.params import load_params
 
     params = load_params("agent")
@@ -84,7 +90,8 @@ def cmd_ask(args: argparse.Namespace) -> int:
         if not Path(path).exists():
             print(f"{path} is missing: run `dvc repro train_embedder` (or `dvc pull`) first", file=sys.stderr)
             return 2
-    agent, llm = agent_from_params(params, args.embedder, args.tasks, args.descriptions, args.cache)
+    tools = tools_from_params(params, args.embedder, args.tasks, args.descriptions)
+    agent, llm = agent_from_params(params, tools, args.cache)
     with llm:
         run = run_agent(agent, args.question)
     write_trace(args.trace_file, run.trace, append=True)  # every question's trace, one record per step
@@ -99,6 +106,47 @@ def cmd_ask(args: argparse.Namespace) -> int:
         )
         return 1
     print(run.answer)
+    return 0
+
+
+def cmd_eval_agent(args: argparse.Namespace) -> int:
+    """Evaluate the agent on a scenario file (AssetOpsBench's schema): the oracle policies where the
+    scenarios carry gold tool arguments, the LLM alone and the ReAct agent, as stage eval_agent does."""
+    from pathlib import Path
+
+    from alia.agent import evaluation
+    from alia.agent.react import agent_from_params, tools_from_params
+    from alia.agent.scenarios import read_scenarios
+    from alia.agent.scoring import ItemMatcher
+    from alia.core.io import write_json, write_parquet
+    from alia.core.params import load_params
+    from alia.llm.prompts import load_prompt
+
+    params, settings = load_params("agent"), load_params("eval_agent")
+    scenarios = read_scenarios(args.scenarios)
+    models = {"": args.embedder, "_pretrained": args.pretrained, "_bm25": None}
+    oracles = {
+        suffix: tools_from_params(params, model, args.tasks, args.descriptions)
+        for suffix, model in models.items()
+    }
+    agent, llm = agent_from_params(params, oracles[""], args.cache)
+    with llm:
+        scored, trace = evaluation.evaluate_systems(
+            scenarios, oracles, llm, load_prompt("agent_closed_book"), settings["closed_book_max_tokens"],
+            agent, evaluation.subset(scenarios, args.react_per_kind, settings["seed"]),
+            ItemMatcher.from_files(args.tasks, args.vocabulary, args.rules),
+        )  # fmt: skip
+    out = Path(args.out)
+    metrics = {"scenarios": str(args.scenarios), "questions": len(scenarios)} | evaluation.evaluation_metrics(
+        scored
+    )
+    write_parquet(scored, out / "answers.parquet")
+    write_json(out / "agent.json", metrics)
+    for name, result in metrics["systems"].items():
+        o = result["overall"]
+        print(f"{name:<18} n={o['questions']:<4} F1 {o['f1']:.3f} {o['f1_ci95']}  recall {o['recall']:.3f}  "
+              f"precision {o['precision']:.3f}")  # fmt: skip
+    print(f"answers and metrics in {out}/")
     return 0
 
 
@@ -196,6 +244,16 @@ def main(argv: list[str] | None = None) -> int:
     ask.add_argument("--tasks", default=defaults.get("tasks"), help="embed_tasks' tasks.parquet")
     ask.add_argument("--descriptions", default=defaults.get("descriptions"), help="its descriptions.parquet")
     ask.set_defaults(func=cmd_ask)
+    evaluate = sub.add_parser("eval-agent", help=cmd_eval_agent.__doc__)
+    evaluate.add_argument("scenarios", help="a JSONL (or JSON list) of scenarios: id, text, answer, ...")
+    evaluate.add_argument("--out", default="logs/eval_agent", help="where answers.parquet and agent.json go")
+    evaluate.add_argument(
+        "--react-per-kind", type=int, help="the ReAct agent on this many a kind (all if left out)"
+    )
+    evaluate.add_argument("--cache", default="logs/agent_cache.sqlite", help="the LLM's response cache")
+    for name, value in defaults.items():  # the pipeline's outputs, as for `ask`
+        evaluate.add_argument(f"--{name}", default=value, help=f"as stage eval_agent's <{name}>")
+    evaluate.set_defaults(func=cmd_eval_agent)
     exp = sub.add_parser("exp", help="experiments with a params overlay file")
     exp_commands = exp.add_subparsers(dest="exp_command", required=True)
     exp_run = exp_commands.add_parser(

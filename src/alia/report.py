@@ -84,6 +84,11 @@ def interval(value: float, half_width: float | None) -> str:
     return f"{value:.3f}" if half_width is None else f"{value:.3f} ± {half_width:.3f}"
 
 
+def bounds(value: float, ci95: list[float]) -> str:
+    low, high = ci95
+    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+
+
 # --- which run ------------------------------------------------------------------------------------
 
 # The settings that shape the page's figures, as a reader names them: label -> params.yaml key.
@@ -310,7 +315,7 @@ def mcqa_section(mcqa_metrics: list[Path], question_set: str = "d_eval", mode: s
                 continue
             accuracy, (low, high) = scores[f"acc_{form}"], scores[f"acc_{form}_ci95"]
             points.append({"model": path.stem, "form": label, "accuracy": accuracy, "low": low, "high": high})
-            row[label] = f"{accuracy:.3f} [{low:.3f}, {high:.3f}]"
+            row[label] = bounds(accuracy, [low, high])
         rows.append(row)
     spec = {
         "title": f"{question_set} accuracy ({mode} scoring), 95% intervals",
@@ -366,27 +371,55 @@ def embedder_section(embedder_metrics: Path, metric: str = "map@100") -> str:
     return "\n".join([f"<h2>Embedder ({metric})</h2>", table(rows), chart("embedder", spec)])
 
 
-# What each of the agent's figures is (alia.agent.evaluation.summarise), for the page's readers.
-AGENT_FIGURES = {
-    "questions": "multi-step questions about assets the embedder never trained on",
-    "recall": "mean share of a question's gold items (sensors or failure modes) that its answer names",
-    "precision": "mean share of the items an answer names that are gold items",
-    "tool_calls": "mean retrieval-tool calls per question",
-    "steps": "mean actions per question, the final answer included",
-    "step_errors": "actions that failed (an unknown tool, bad arguments), over all questions",
-    "failures": "questions with no answer: the agent reached agent.max_steps without calling final_answer",
+# The agent's systems (alia.agent.evaluation), in the order the table shows them, for the page's readers
+AGENT_SYSTEMS = {
+    "oracle": "the right tools with the gold arguments, the fine-tuned embedder: the ceiling the tools allow",
+    "oracle_pretrained": "the same policy over the embedder before fine-tuning",
+    "oracle_bm25": "the same policy over BM25",
+    "closed_book": "the agent's LLM alone, no tools",
+    "react": "the ReAct agent over the fine-tuned embedder's tools",
 }
 
 
 def agent_section(agent_metrics: Path) -> str:
-    """The agent's figures, each with what it measures."""
+    """The systems' F1, recall and precision with intervals, overall and per kind, their counts, and the
+    paired comparisons, each system said in words."""
     metrics = read_json(agent_metrics)
-    rows = [
-        {"figure": name, "value": metrics[name], "what it is": meaning}
-        for name, meaning in AGENT_FIGURES.items()
-        if name in metrics
-    ]
-    return "\n".join(["<h2>Agent</h2>", table(rows)])
+    systems = {name: metrics["systems"][name] for name in AGENT_SYSTEMS if name in metrics["systems"]}
+    rows, points = [], []
+    for name, result in systems.items():
+        o, counts = result["overall"], result["counts"]
+        rows.append(
+            {"system": name, "what it is": AGENT_SYSTEMS[name], "questions": o["questions"]}
+            | {m: bounds(o[m], o[f"{m}_ci95"]) for m in ("f1", "recall", "precision", "exact")}
+            | {"tool calls": counts["tool_calls"], "repeated calls": counts["repeated_calls"],
+               "parse failures": counts["parse_failures"], "no answer": counts["no_answer"],
+               "out of steps": counts["stopped"]}
+        )  # fmt: skip
+        points += [{"kind": k, "system": name, "f1": v["f1"]} for k, v in result["kinds"].items()]
+    comparisons = [
+        {"comparison": pair, "questions": c["questions"], "delta F1": bounds(c["delta_f1"], c["ci95"]),
+         "p (Wilcoxon, clusters)": c["p_wilcoxon"], "smallest detectable": c["mde"]}
+        for pair, c in metrics["comparisons"].items() if c["questions"]
+    ]  # fmt: skip
+    spec = {
+        "title": f"F1 per kind of question ({metrics['split']} split, {metrics['questions']} questions)",
+        "data": {"values": points},
+        "mark": "bar",
+        "encoding": {
+            "y": {"field": "kind", "type": "nominal", "sort": None},
+            "x": {"field": "f1", "type": "quantitative", "title": "mean F1 of the gold items"},
+            "yOffset": {"field": "system"},
+            "color": {"field": "system", "type": "nominal"},
+        },
+    }
+    note = (
+        f"<p>{metrics['questions']} open questions about the {metrics['split']} split's assets "
+        f"(the ReAct agent answers {metrics['react_questions']} of them); an answer's items are matched "
+        "to the gold list through the canonical vocabulary. Intervals: 95%, over clusters of questions "
+        "about one asset's sensor or failure mode. docs/agent.md says how to read them.</p>"
+    )
+    return "\n".join(["<h2>Agent</h2>", note, table(rows), table(comparisons), chart("agent", spec)])
 
 
 def write_report(sections: list[str], out_file: Path, title: str = "alia: the run") -> None:

@@ -21,7 +21,8 @@ from smolagents import ChatMessage, LogLevel, Model, Tool, ToolCallingAgent, too
 from smolagents.models import ChatMessageToolCall, ChatMessageToolCallFunction, MessageRole
 from smolagents.monitoring import TokenUsage
 
-from alia.agent.tools import EmbedderTools
+from alia.agent.tools import BM25Tools, EmbedderTools, RetrievalTools
+from alia.core.io import write_text
 from alia.llm.client import LOCAL, LLMClient
 from alia.llm.prompts import PROMPTS_DIR
 
@@ -139,17 +140,51 @@ class ClientModel(Model):
 
 
 PROMPT_FILE = PROMPTS_DIR / "agent.yaml"
+REPEAT_NUDGE = (
+    "(You already called {name} with these arguments: this is the same result. Call another tool with "
+    "other arguments, or final_answer with the items you found.)"
+)
+
+
+class GuardedAgent(ToolCallingAgent):
+    """A ToolCallingAgent whose identical repeated tool call does not spend the step budget on nothing:
+    it gets the previous observation back with a nudge, and after `max_repeats` such repeats the loop
+    ends and the agent is asked for its final answer, as at max_steps. (smolagents 1.26 offers
+    step_callbacks, final_answer_checks and interrupt(), which raises out of run(): no repeat guard.)"""
+
+    def __init__(self, *args: Any, max_repeats: int = 1, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_repeats, self.repeats, self._seen = max_repeats, 0, {}
+
+    def run(self, task: str, *args: Any, **kwargs: Any) -> Any:
+        self.repeats, self._seen = 0, {}
+        return super().run(task, *args, **kwargs)
+
+    def execute_tool_call(self, tool_name: str, arguments: dict[str, Any] | str) -> Any:
+        key = (tool_name, json.dumps(arguments, sort_keys=True, default=str))
+        if tool_name == "final_answer" or key not in self._seen:
+            result = super().execute_tool_call(tool_name, arguments)
+            self._seen[key] = result
+            return result
+        self.repeats += 1
+        if self.repeats > self.max_repeats:
+            # smolagents increments step_number after the step and stops past max_steps, then asks
+            # for the final answer without tools
+            self.step_number = self.max_steps
+        return f"{self._seen[key]}\n{REPEAT_NUDGE.format(name=tool_name)}"
 
 
 def build_agent(
-    tools: EmbedderTools,
+    tools: RetrievalTools,
     llm: LLMClient,
     max_steps: int,
     tool_calling: str = "auto",
     prompt_file: str | Path = PROMPT_FILE,
-) -> ToolCallingAgent:
+    max_repeats: int = 1,
+) -> GuardedAgent:
     """A ToolCallingAgent with one tool per retrieval task, alia's system prompt (three unrelated
-    examples) and at most `max_steps` actions; smolagents' own templates for everything else."""
+    examples), at most `max_steps` actions and `max_repeats` identical repeated calls (GuardedAgent);
+    smolagents' own templates for everything else."""
     import importlib.resources
 
     templates = yaml.safe_load(
@@ -157,32 +192,39 @@ def build_agent(
     )
     ours = yaml.safe_load(Path(prompt_file).read_text(encoding="utf-8"))
     templates["system_prompt"] = ours["system_prompt"]
-    return ToolCallingAgent(
+    return GuardedAgent(
         tools=[tool(f) for f in tools.functions()],
         model=ClientModel(llm, tool_calling),
         prompt_templates=templates,
         max_steps=max_steps,
         verbosity_level=LogLevel.OFF,
+        max_repeats=max_repeats,
     )
+
+
+def tools_from_params(
+    params: dict[str, Any], embedder: str | Path | None, tasks: str | Path, descriptions: str | Path
+) -> RetrievalTools:
+    """The tools of params.yaml `agent:` (k, min_score, augment) over the items of `tasks` (with the
+    entities' `descriptions`): ranked by the `embedder`, or by BM25 where it is None."""
+    settings = {"k": params["k"], "min_score": params["min_score"], "augment": params["augment"]}
+    if embedder is None:
+        return BM25Tools(tasks, descriptions, **settings)
+    return EmbedderTools(embedder, tasks, descriptions, **settings)
 
 
 def agent_from_params(
-    params: dict[str, Any],
-    embedder: str | Path,
-    tasks: str | Path,
-    descriptions: str | Path,
-    cache: str | Path,
-) -> tuple[ToolCallingAgent, LLMClient]:
-    """The agent of params.yaml `agent:`: tools over the `embedder` and the items of its `tasks` (with
-    the entities' `descriptions`), its LLM (`teacher:` with `agent.llm:` changes) answering from and
-    into `cache`. Close the returned client when done (it may run a local server)."""
+    params: dict[str, Any], tools: RetrievalTools, cache: str | Path
+) -> tuple[GuardedAgent, LLMClient]:
+    """The agent of params.yaml `agent:` over `tools`, its LLM (`teacher:` with `agent.llm:` changes)
+    answering from and into `cache`. Close the returned client when done (it may run a local server)."""
     from alia.llm.teacher import stage_teacher
 
-    tools = EmbedderTools(
-        embedder, tasks, descriptions, k=params["k"], min_score=params["min_score"], augment=params["augment"]
-    )
     llm = stage_teacher(params.get("llm"), cache)
-    return build_agent(tools, llm, params["max_steps"], params["tool_calling"]), llm
+    agent = build_agent(
+        tools, llm, params["max_steps"], params["tool_calling"], max_repeats=params["max_repeats"]
+    )
+    return agent, llm
 
 
 @dataclass
@@ -192,6 +234,7 @@ class AgentRun:
     answer: str
     state: str  # "success": the agent called final_answer; "max_steps_error": it ran out of steps
     trace: list[dict[str, Any]] = field(default_factory=list)
+    repeats: int = 0  # identical repeated tool calls (GuardedAgent)
 
     @property
     def tool_calls(self) -> int:
@@ -207,12 +250,22 @@ class AgentRun:
         """Actions that failed (an unparsable action, a tool that raised), each reported back to the model."""
         return sum(r["type"] == "action" and bool(r["error"]) for r in self.trace)
 
+    @property
+    def parse_failures(self) -> int:
+        """Actions whose tool call could not be read from the model's answer."""
+        return sum(r["type"] == "action" and r.get("error_type") == "AgentParsingError" for r in self.trace)
+
 
 def write_trace(path: str | Path, records: list[dict[str, Any]], append: bool = False) -> None:
-    """Trace records as JSONL, one per line (values JSON cannot hold written as text)."""
+    """Trace records as JSONL, one per line (values JSON cannot hold written as text): appended, or
+    the whole file replaced at once."""
+    lines = "".join(json.dumps(record, default=str) + "\n" for record in records)
+    if not append:
+        write_text(path, lines)
+        return
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a" if append else "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(record, default=str) + "\n" for record in records)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(lines)
 
 
 def thought_of(model_output: str | None) -> str:
@@ -227,7 +280,7 @@ def thought_of(model_output: str | None) -> str:
     return text
 
 
-def run_agent(agent: ToolCallingAgent, question: str) -> AgentRun:
+def run_agent(agent: GuardedAgent, question: str) -> AgentRun:
     """Run the agent on one question; the trace comes from its memory, step by step."""
     from smolagents.memory import ActionStep
     from smolagents.utils import AgentMaxStepsError
@@ -247,6 +300,7 @@ def run_agent(agent: ToolCallingAgent, question: str) -> AgentRun:
                 "tool_calls": [{"name": c.name, "arguments": c.arguments} for c in step.tool_calls or []],
                 "observation": step.observations,
                 "error": str(step.error) if step.error else None,
+                "error_type": type(step.error).__name__ if step.error else None,
                 "prompt_tokens": usage.input_tokens if usage else 0,
                 "completion_tokens": usage.output_tokens if usage else 0,
                 "seconds": round(step.timing.duration or 0.0, 2),
@@ -255,4 +309,4 @@ def run_agent(agent: ToolCallingAgent, question: str) -> AgentRun:
     output = result.output
     answer = output if isinstance(output, str) else json.dumps(output, default=str)
     trace.append({"type": "answer", "answer": answer, "state": result.state})
-    return AgentRun(answer=answer, state=result.state, trace=trace)
+    return AgentRun(answer=answer, state=result.state, trace=trace, repeats=getattr(agent, "repeats", 0))

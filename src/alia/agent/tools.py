@@ -1,4 +1,5 @@
-"""The embedder's retrieval tasks as tools: plain Python functions that the agent also calls.
+"""The embedder's retrieval tasks as tools: plain Python functions that the agent also calls, over
+the fine-tuned (or any sentence-transformers) embedder, or over BM25 for comparison.
 
     tools = EmbedderTools("models/embedder", "data/embed/tasks.parquet", "data/embed/descriptions.parquet")
     tools.sensors_for_failure_mode("Compressor", "overheating")
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -33,20 +35,18 @@ TOOL_TASKS = {
 }
 
 
-class EmbedderTools:
-    """Retrieval over the items of the embedder's tasks (see the module docstring)."""
+class RetrievalTools:
+    """The tools over the items of the embedder's tasks (see the module docstring); how items are
+    scored for a query is the subclass's (`_scores`)."""
 
     def __init__(
         self,
-        model_dir: str | Path,
         tasks_file: str | Path,
         descriptions_file: str | Path | None = None,
         k: int = 5,
         min_score: float | None = None,
         augment: bool = False,
     ) -> None:
-        from sentence_transformers import SentenceTransformer
-
         if k < 1:
             raise ValueError(f"k {k}: expected at least 1")
         tasks = read_parquet(tasks_file, columns=["task", "candidates"])
@@ -65,10 +65,9 @@ class EmbedderTools:
                 read_parquet(descriptions_file, columns=["entity", "description"])
             )
         self.k, self.min_score = k, min_score
-        self.model = SentenceTransformer(
-            str(require_model(model_dir)), device="cuda" if torch.cuda.is_available() else "cpu"
-        )
-        self._embeddings: dict[str, torch.Tensor] = {}  # item text -> embedding, computed once
+
+    def _scores(self, task: str, query: str, items: list[str]) -> list[float]:
+        raise NotImplementedError
 
     # --- the tools ---------------------------------------------------------------------------
 
@@ -146,13 +145,6 @@ class EmbedderTools:
         unless given), the entities and, with `augment`, their descriptions."""
         return build_query(instruction or INSTRUCTIONS[task][0], entities, self.descriptions)
 
-    def _embed(self, texts: Sequence[str]) -> torch.Tensor:
-        new = [t for t in dict.fromkeys(texts) if t not in self._embeddings]
-        if new:
-            vectors = self.model.encode(new, convert_to_tensor=True, show_progress_bar=False)
-            self._embeddings.update(zip(new, vectors, strict=True))
-        return torch.stack([self._embeddings[t] for t in texts])
-
     def search(
         self,
         task: str,
@@ -161,18 +153,61 @@ class EmbedderTools:
         k: int | None = None,
     ) -> list[dict]:
         """The top k items of `task` (or of `candidates`) for the query of `entities`, as
-        [{"item", "score"}] by decreasing cosine similarity, those below min_score left out."""
+        [{"item", "score"}] by decreasing score, those below min_score left out."""
         if task not in self.items:
             raise ValueError(f"task {task!r}: expected one of {sorted(self.items)}")
         entities = [str(e).strip() for e in entities]
         if not all(entities):
             raise ValueError(f"{task}: every query entity must be a non-empty name, got {entities}")
         items = list(dict.fromkeys(str(c) for c in candidates)) if candidates else self.items[task]
-        query = self.model.encode(self.query(task, entities), convert_to_tensor=True, show_progress_bar=False)
-        scores = self.model.similarity(query, self._embed(items))[0].tolist()
+        scores = self._scores(task, self.query(task, entities), items)
         # Ties broken by item name, as the evaluation does, so a ranking never depends on input order
         ranked = sorted(zip(items, scores, strict=True), key=lambda pair: (-pair[1], pair[0]))
         top = ranked[: k or self.k]
         if self.min_score is not None:
             top = [(item, score) for item, score in top if score >= self.min_score]
         return [{"item": item, "score": round(score, 4)} for item, score in top]
+
+
+class EmbedderTools(RetrievalTools):
+    """The tools over a sentence-transformers model: items ranked by cosine similarity to the query."""
+
+    def __init__(self, model_dir: str | Path, tasks_file: str | Path, *args: Any, **kwargs: Any) -> None:
+        from sentence_transformers import SentenceTransformer
+
+        super().__init__(tasks_file, *args, **kwargs)
+        self.model = SentenceTransformer(
+            str(require_model(model_dir)), device="cuda" if torch.cuda.is_available() else "cpu"
+        )
+        self._embeddings: dict[str, torch.Tensor] = {}  # item text -> embedding, computed once
+
+    def _embed(self, texts: Sequence[str]) -> torch.Tensor:
+        new = [t for t in dict.fromkeys(texts) if t not in self._embeddings]
+        if new:
+            vectors = self.model.encode(new, convert_to_tensor=True, show_progress_bar=False)
+            self._embeddings.update(zip(new, vectors, strict=True))
+        return torch.stack([self._embeddings[t] for t in texts])
+
+    def _scores(self, task: str, query: str, items: list[str]) -> list[float]:
+        vector = self.model.encode(query, convert_to_tensor=True, show_progress_bar=False)
+        return self.model.similarity(vector, self._embed(items))[0].tolist()
+
+
+class BM25Tools(RetrievalTools):
+    """The same tools over BM25 (bm25s, Lucene scoring, as eval_embedder's baseline): items ranked by
+    their words' overlap with the query. `min_score` is cosine's scale, so it is not used here."""
+
+    def __init__(self, tasks_file: str | Path, *args: Any, **kwargs: Any) -> None:
+        super().__init__(tasks_file, *args, **kwargs)
+        self.min_score = None
+        self._indexes: dict[tuple[str, ...], Any] = {}  # one index per item list, built once
+
+    def _scores(self, task: str, query: str, items: list[str]) -> list[float]:
+        import bm25s
+
+        key = tuple(items)
+        if key not in self._indexes:
+            self._indexes[key] = bm25s.BM25()
+            self._indexes[key].index(bm25s.tokenize(items, show_progress=False), show_progress=False)
+        words = bm25s.tokenize(query, show_progress=False, return_ids=False)[0]
+        return [float(s) for s in self._indexes[key].get_scores(words)]

@@ -116,10 +116,7 @@ def replacing(path: str | Path) -> Iterator[Path]:
     and removed if writing failed: a reader finds the old output or the new one, never half of one. A
     full disk or a missing permission is a `TableError` naming `path`."""
     path = Path(path)
-    partial = partial_name(path)
-    with write_errors(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        remove(partial)  # left by a run killed while writing
+    partial = cleared_partial(path)
     try:
         with write_errors(path):
             yield partial
@@ -132,6 +129,15 @@ def partial_name(path: Path) -> Path:
     """Where `replacing` writes `path` before renaming it: hidden, so that a folder of Parquet files
     read whole (pyarrow skips names starting with a dot) never includes it."""
     return path.with_name(f".{path.name}.partial")
+
+
+def cleared_partial(path: Path) -> Path:
+    """`path`'s temporary name, ready to write: its folder made, a leftover of a killed run removed."""
+    partial = partial_name(path)
+    with write_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove(partial)
+    return partial
 
 
 def move_into_place(partial: Path, path: Path) -> None:
@@ -175,10 +181,7 @@ class ChunkWriter:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.partial = partial_name(self.path)
-        with write_errors(self.path):
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            remove(self.partial)  # left by a run killed while writing
+        self.partial = cleared_partial(self.path)
         self.writer: pq.ParquetWriter | None = None
         self.rows, self.empty, self.failed, self.closed = 0, pd.DataFrame(), False, False
 

@@ -282,13 +282,16 @@ class Agent(Section):
     k: PositiveInt
     min_score: float | None
     max_steps: PositiveInt
+    max_repeats: Count
     tool_calling: Literal["auto", "native", "json"]
     llm: TeacherOverrides = {}
 
 
 class EvalAgent(Section):
     split: Split
-    questions_per_kind: PositiveInt
+    max_per_kind: PositiveInt
+    react_per_kind: PositiveInt | None
+    closed_book_max_tokens: PositiveInt
     seed: int
 
 

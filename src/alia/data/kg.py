@@ -199,7 +199,6 @@ class KnowledgeGraph:
     def write(self, out_dir: str | Path, graphml: bool = True) -> None:
         """nodes.parquet and edges.parquet (the data), graph.graphml (for viewing in Gephi or yEd)."""
         out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
         write_parquet(
             pa.Table.from_pandas(self.nodes_frame(), schema=NODE_SCHEMA, preserve_index=False),
             out_dir / "nodes.parquet",

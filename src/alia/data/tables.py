@@ -339,7 +339,6 @@ def read_candidate_vocabulary(path: Path) -> Iterable[tuple[str, str]]:
 
 def write_tables(tables: SourceTables, out_dir: str | Path) -> None:
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     for name, df in tables.frames.items():
         table = pa.Table.from_pandas(df, schema=SCHEMAS[name], preserve_index=False)
         write_parquet(table, out_dir / f"{name}.parquet")

@@ -9,6 +9,10 @@ prompt, and passages of about 300 tokens (bounded by `max_tokens`) about the ent
 for everything else. The answers parse with
 alia.llm.prompts' parsers; their facts are random, so a simulated corpus measures cost, never quality.
 
+A request that sends `tools` gets OpenAI `tool_calls` back, as vLLM and OpenAI answer: a scripted
+policy (`tool_script`) makes the calls listed for the task its first user message contains, one a
+turn, then calls `final_answer` naming the items of the observations it was given.
+
 Optional, as a vLLM server behaves: a latency model (time to first token, then tokens/s, at most
 `max_concurrency` requests decoding at once, the rest queued) and faults at given rates: HTTP 429
 and 500, time-outs (the answer never comes), dropped connections (the response stops half-way) and
@@ -100,6 +104,7 @@ class SimulatedConfig(BaseModel):
     rate_drop: float = 0.0  # the connection closes half-way through the response
     rate_malformed: float = 0.0  # an answer that does not parse
     seed: int = 0
+    tool_script: str = ""  # a JSON file {task text: [{"name", "arguments"}, ...]}: the tool calls to make
 
     def args(self) -> list[str]:
         return [f"--{name.replace('_', '-')}={value}" for name, value in self.model_dump().items()]
@@ -219,6 +224,25 @@ def answer_text(messages: list[dict], max_tokens: int, rng: random.Random, malfo
     return _passage(rng, ask, max_tokens)
 
 
+def tool_call_message(messages: list[dict], script: dict[str, list[dict]]) -> dict:
+    """The assistant message of the scripted tool-calling policy (see the module docstring)."""
+    users = [str(m.get("content") or "") for m in messages if m.get("role") not in ("system", "assistant")]
+    task = next((u for u in users if u), "")
+    calls = next((c for key, c in script.items() if key in task), [])
+    turn = sum(m.get("role") == "assistant" for m in messages)
+    if turn < len(calls):
+        name, arguments = calls[turn]["name"], calls[turn]["arguments"]
+    else:  # everything the tools returned, in order, once
+        items = re.findall(r"'item': '([^']+)'", "\n".join(users[1:]))
+        name, arguments = "final_answer", {"answer": ", ".join(dict.fromkeys(items)) or "nothing found"}
+    call = {
+        "id": f"call_{turn}",
+        "type": "function",
+        "function": {"name": name, "arguments": json.dumps(arguments)},
+    }
+    return {"role": "assistant", "content": None, "tool_calls": [call]}
+
+
 class SimulatedTeacher:
     """The aiohttp application; `attempts` counts requests per request body, `answered` successes."""
 
@@ -227,6 +251,7 @@ class SimulatedTeacher:
         self.attempts: Counter[str] = Counter()
         self.answered: Counter[str] = Counter()
         self.slots = asyncio.Semaphore(config.max_concurrency) if config.max_concurrency else None
+        self.script = json.loads(Path(config.tool_script).read_text()) if config.tool_script else {}
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024**2)
@@ -274,7 +299,14 @@ class SimulatedTeacher:
             await asyncio.sleep(3600)  # the client gives up first
         seed = int.from_bytes(hashlib.blake2b(f"{self.config.seed}:{key}".encode(), digest_size=8).digest())
         max_tokens = int(body.get("max_tokens") or 256)
-        text = answer_text(body.get("messages", []), max_tokens, random.Random(seed), fault == "malformed")
+        if body.get("tools"):
+            message = tool_call_message(body.get("messages", []), self.script)
+            text = message["tool_calls"][0]["function"]["arguments"]
+        else:
+            text = answer_text(
+                body.get("messages", []), max_tokens, random.Random(seed), fault == "malformed"
+            )
+            message = {"role": "assistant", "content": text}
         completion_tokens = _tokens(text)
         if self.config.ttft or self.config.tokens_per_s:
             await self._decode(completion_tokens)
@@ -284,13 +316,16 @@ class SimulatedTeacher:
             labels = option_labels(next((m["content"] for m in body["messages"] if m["role"] == "user"), ""))
             top = int(body.get("top_logprobs") or 1)
             logprobs = first_token_logprobs(text, labels, random.Random(seed + 1), top)
+        finish_reason = (
+            "tool_calls" if body.get("tools") else "length" if completion_tokens >= max_tokens else "stop"
+        )
         response = {
             "id": f"chatcmpl-{key[:12]}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": body.get("model", "simulated"),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
-                         "finish_reason": "length" if completion_tokens >= max_tokens else "stop"}],
+            "choices": [{"index": 0, "message": message, "logprobs": logprobs,
+                         "finish_reason": finish_reason}],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},
         }  # fmt: skip

@@ -25,7 +25,7 @@ from typing import Any, get_args
 import numpy as np
 import pandas as pd
 
-from alia.core.io import move_into_place, partial_name, remove, write_json, write_text
+from alia.core.io import cleared_partial, move_into_place, partial_name, write_json, write_text
 from alia.core.models import package_dir, require_model
 from alia.core.params import Format
 from alia.kd.corpora import corpus_texts
@@ -276,10 +276,9 @@ def train_adapter(
     from accelerate import PartialState
 
     checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
-    staging = partial_name(out_dir)  # the adapter is saved here, then renamed: whole or absent
     with PartialState().main_process_first():  # one process clears stale checkpoints, then all read
-        if PartialState().is_main_process:
-            remove(staging)
+        # the adapter is saved to `staging`, then renamed: whole or absent
+        staging = cleared_partial(out_dir) if PartialState().is_main_process else partial_name(out_dir)
         resume = last_checkpoint(
             checkpoint_dir, fingerprint(str(base_model), examples, fmt, lora, sft, dtype)
         )
