@@ -3,7 +3,7 @@
 4 of them and a tenth of the documents asked about), each cold (empty response caches), then warm.
 
     python benchmarks/paper_scale.py [--scale 0.1 1.0] [--workdir DIR] [--concurrency 64]
-        [--kill-at 60000] [--faults] [--no-warm]
+        [--kill-at 60000] [--faults] [--batch] [--no-warm]
 
 Each scale works in its own clone of the repository at HEAD (its code, not the work tree's; the
 tables and the pretrained tokenizers copied in) and runs the stages' own command lines from
@@ -19,6 +19,9 @@ the sizes of its outputs and response cache.
   chain recorded in dvc.lock (`dvc commit`) and `dvc repro` timed: DVC's own warm re-run.
 - `--faults`: 5% HTTP 429, 5% HTTP 500, 1% time-outs, 1% dropped connections and 2% malformed answers
   (a client time-out of 5 s, 8 retries); the chain must finish with every answer kept.
+- `--batch`: the teacher in batch mode (`teacher.batch`, alia.llm.batch): each stage's prompts as
+  Batch API jobs (at most 50,000 requests a file), each done 2 s after submission, 1% of their lines
+  failed and asked again on the streaming path.
 """
 
 import argparse
@@ -54,12 +57,14 @@ def merged(base: dict, overlay: dict) -> dict:
     return out
 
 
-def scaled_params(scale: float, concurrency: int, base_url: str, faults: bool) -> dict:
+def scaled_params(scale: float, concurrency: int, base_url: str, faults: bool, batch: bool = False) -> dict:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params = merged(params, yaml.safe_load((REPO / "configs/paper_scale.yaml").read_text()))
     teacher = {"base_url": base_url, "model": "simulated", "api_key_env": None, "concurrency": concurrency}
     if faults:  # the simulated server answers in milliseconds: a request unanswered for 5 s is lost
         teacher |= {"timeout": 5, "retries": 8}
+    if batch:
+        teacher |= {"batch": {"enabled": True, "poll_interval": 0.5}}
     params = merged(params, {"teacher": teacher})
     params["sensor_discovery"]["classes"] = max(1, round(params["sensor_discovery"]["classes"] * scale))
     params["kd_qa"]["documents"] = max(1, round(params["kd_qa"]["documents"] * scale))
@@ -156,7 +161,7 @@ def run_chain(workdir: Path, label: str, env: dict, kill_at: int = 0) -> list[di
         row |= {
             "seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024, "metrics": metrics,
             **{k: teacher.get(k, 0) for k in ("requests", "calls", "cache_hits", "retries", "reasks",
-                                             "parse_failures")},
+                                             "parse_failures", "batch_requests", "batch_failed")},
             "output_mb": sum(size(workdir / o) for o in outs if not o.endswith(".sqlite")) / 1e6,
             "cache_mb": size(cache) / 1e6 if cache else 0.0,
             "rows": {o: pq.read_table(workdir / o).num_rows for o in outs if o.endswith(".parquet")},
@@ -164,7 +169,8 @@ def run_chain(workdir: Path, label: str, env: dict, kill_at: int = 0) -> list[di
         if "cached_at_kill" in row:
             row["cached_after"] = cached_answers(cache)
         rows.append(row)
-        print(f"  {label} {name}: {seconds:.0f} s, {row['requests']} requests", flush=True)
+        batched = f" ({row['batch_requests']} in batches)" if row["batch_requests"] else ""
+        print(f"  {label} {name}: {seconds:.0f} s, {row['requests']} requests{batched}", flush=True)
     return rows
 
 
@@ -183,8 +189,8 @@ def dvc_warm_repro(workdir: Path, env: dict) -> float:
 
 def report(label: str, cold: list[dict], warm: list[dict] | None, server: dict) -> None:
     print(f"\n{label}")
-    header = ["stage", "requests", "retries", "reasks", "cold s", "warm s", "req/s", "client ms/req",
-              "warm calls", "peak RSS MB", "output MB", "cache MB"]  # fmt: skip
+    header = ["stage", "requests", "batched", "retries", "reasks", "cold s", "warm s", "req/s",
+              "client ms/req", "warm calls", "peak RSS MB", "output MB", "cache MB"]  # fmt: skip
     print(f"{header[0]:<24}" + "".join(f"{h:>14}" for h in header[1:]))
     for c, w in zip(cold, warm or [{}] * len(cold), strict=True):
         # the warm run's time is the stage's own work, so the teacher's share of the cold run is
@@ -193,13 +199,14 @@ def report(label: str, cold: list[dict], warm: list[dict] | None, server: dict) 
         teacher_s = c["seconds"] - w.get("seconds", 0)
         rate = c["requests"] / teacher_s if c["requests"] and w and teacher_s > 0 else 0
         rss = max(c["peak_rss_mb"], w.get("peak_rss_mb", 0))
-        values = [c["requests"], c["retries"], c["reasks"], f"{c['seconds']:.1f}",
+        values = [c["requests"], c["batch_requests"], c["retries"], c["reasks"], f"{c['seconds']:.1f}",
                   f"{w.get('seconds', 0):.1f}", f"{rate:.0f}", f"{1000 / rate if rate else 0:.2f}",
                   w.get("calls", 0), f"{rss:.0f}",
                   f"{c['output_mb']:.1f}", f"{c['cache_mb']:.1f}"]  # fmt: skip
         print(f"{c['stage']:<24}" + "".join(f"{v:>14}" for v in values))
     cold_s, warm_s = sum(c["seconds"] for c in cold), sum(w["seconds"] for w in warm or [])
-    print(f"{'chain':<24}{sum(c['requests'] for c in cold):>14}{sum(c['retries'] for c in cold):>14}"
+    print(f"{'chain':<24}{sum(c['requests'] for c in cold):>14}{sum(c['batch_requests'] for c in cold):>14}"
+          f"{sum(c['retries'] for c in cold):>14}"
           f"{sum(c['reasks'] for c in cold):>14}{cold_s:>14.1f}{warm_s:>14.1f}{'':>28}"
           f"{sum(w['calls'] for w in warm or []):>14}"
           f"{max(r['peak_rss_mb'] for r in cold + (warm or [])):>14.0f}")  # fmt: skip
@@ -223,14 +230,18 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--kill-at", type=int, default=0, help=f"SIGKILL {LARGEST} at this many answers")
     parser.add_argument("--faults", action="store_true")
+    parser.add_argument("--batch", action="store_true", help="the teacher in batch mode (Batch API jobs)")
     parser.add_argument("--no-warm", action="store_true")
     args = parser.parse_args()
     root = args.workdir or Path(tempfile.mkdtemp(prefix="alia-paper-scale-"))
     for scale in args.scale:
-        workdir = root / f"scale-{scale:g}{'-faults' if args.faults else ''}"
+        workdir = root / f"scale-{scale:g}{'-faults' if args.faults else ''}{'-batch' if args.batch else ''}"
         print(f"scale {scale:g}: {workdir}", flush=True)
-        with SimulatedServer(FAULTS if args.faults else SimulatedConfig(), root / "server.log") as server:
-            clone(workdir, scaled_params(scale, args.concurrency, server.base_url, args.faults))
+        server_config = FAULTS if args.faults else SimulatedConfig()
+        if args.batch:
+            server_config = server_config.model_copy(update={"batch_delay": 2.0, "rate_batch_failed": 0.01})
+        with SimulatedServer(server_config, root / "server.log") as server:
+            clone(workdir, scaled_params(scale, args.concurrency, server.base_url, args.faults, args.batch))
             # the clone's own code, not the work tree's that the editable install points at
             env = os.environ | {
                 "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",

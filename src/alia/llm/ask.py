@@ -72,6 +72,10 @@ def ask_rows_in_chunks(
     """`ask_rows`, `chunk_size` rows at a time under one progress bar: a stage writes each chunk's
     answers as they come, and holds no more than one chunk of a paper-scale corpus. Always yields at
     least one (maybe empty) chunk, so that the output file exists."""
+    if teacher.config.batch.enabled:  # every chunk's prompts in batches first, not a chunk at a time
+        teacher.answer_in_batches(
+            [prompt.messages(**row) for row in requests.to_dict("records")], prompt.schema()
+        )
     with tqdm(total=len(requests), desc=desc, unit="prompt", dynamic_ncols=True) as progress:
         for start in range(0, max(len(requests), 1), chunk_size):
             yield ask_rows(teacher, prompt, requests.iloc[start : start + chunk_size], desc, progress)

@@ -27,6 +27,23 @@ def cache_key(model: str, messages: Sequence[Message], sampling: dict[str, Any])
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+def answer_record(response: Any) -> dict[str, Any]:
+    """What the cache keeps of a chat completion (streamed, or a line of a batch's results)."""
+    choice, usage = response.choices[0], response.usage
+    first = choice.logprobs.content[0] if choice.logprobs and choice.logprobs.content else None
+    return {
+        "text": choice.message.content or "",
+        "finish_reason": choice.finish_reason or "",
+        "prompt_tokens": usage.prompt_tokens if usage else 0,
+        "completion_tokens": usage.completion_tokens if usage else 0,
+        "tool_calls": [
+            {"id": c.id, "name": c.function.name, "arguments": c.function.arguments}
+            for c in choice.message.tool_calls or []
+        ],
+        "top_logprobs": [[t.token, t.logprob] for t in first.top_logprobs] if first else [],
+    }
+
+
 class ResponseCache:
     """A sqlite file of answered requests. Each answer is committed as it arrives, recorded as
     `endpoint`'s; `get` serves only those (and those of a cache older than the record), unless

@@ -31,7 +31,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 from tqdm.auto import tqdm
 
-from alia.llm.cache import Message, ResponseCache, cache_key
+from alia.llm.batch import BatchConfig, run_batches
+from alia.llm.cache import Message, ResponseCache, answer_record, cache_key
 from alia.llm.llama_server import LocalServer, LocalServerConfig
 from alia.llm.prompts import Parser
 from alia.llm.simulated import SimulatedConfig, SimulatedServer
@@ -45,15 +46,10 @@ COUNTERS = ("prompts", "reasks", "parse_failures", "prompt_tokens", "completion_
 # What this run alone did (a warm re-run makes no call): MLflow and the log get these, the metrics file
 # does not, so that `dvc metrics diff` shows only changes of the data. new_* count tokens spent by this
 # run (not cached); other_endpoint, the cached answers of another endpoint, asked again.
-RUN_STATS = (
-    "requests",
-    "calls",
-    "cache_hits",
-    "retries",
-    "failures",
-    "new_prompt_tokens",
-    "new_completion_tokens",
-)
+# batch_*: requests submitted in batches, answers read back, lines failed, the discount in micro-USD.
+RUN_STATS = ("requests", "calls", "cache_hits", "retries", "failures", "new_prompt_tokens",
+             "new_completion_tokens", "batch_requests", "batch_answers", "batch_failed",
+             "batch_saved_microusd")  # fmt: skip
 
 
 class ClientConfig(BaseModel):
@@ -78,6 +74,7 @@ class ClientConfig(BaseModel):
     local: LocalServerConfig
     # the simulated endpoint's latency and faults (base_url: simulated); the default is the fastest
     simulated: SimulatedConfig = SimulatedConfig()
+    batch: BatchConfig = BatchConfig()  # the prompts a stage needs answered by batch jobs first
 
     def endpoint(self) -> str:
         """Who answers, as the cache records it: the local server by its model file (its port changes
@@ -196,11 +193,14 @@ class LLMClient:
             )
         return self._client
 
+    def _request_key(self, messages: list[Message], request: dict[str, Any] | None) -> tuple[str, dict]:
+        sampling = self.config.sampling() | {k: v for k, v in (request or {}).items() if v is not None}
+        return cache_key(self.config.model, messages, sampling), sampling
+
     async def _call(self, messages: list[Message], request: dict[str, Any] | None = None) -> dict[str, Any]:
         """One answer for `messages`, from the cache or the endpoint (with retries). `request`: further
         fields of the request (response_format, tools, tool_choice, stop), part of the cache key."""
-        sampling = self.config.sampling() | {k: v for k, v in (request or {}).items() if v is not None}
-        key = cache_key(self.config.model, messages, sampling)
+        key, sampling = self._request_key(messages, request)
         cached = self.cache.get(key)
         if cached is not None:
             self.stats["cache_hits"] += 1
@@ -234,20 +234,7 @@ class LLMClient:
                     response = await client.chat.completions.create(
                         model=self.config.model, messages=messages, **sampling
                     )
-        choice = response.choices[0]
-        usage = response.usage
-        first = choice.logprobs.content[0] if choice.logprobs and choice.logprobs.content else None
-        answer = {
-            "text": choice.message.content or "",
-            "finish_reason": choice.finish_reason or "",
-            "prompt_tokens": usage.prompt_tokens if usage else 0,
-            "completion_tokens": usage.completion_tokens if usage else 0,
-            "tool_calls": [
-                {"id": c.id, "name": c.function.name, "arguments": c.function.arguments}
-                for c in choice.message.tool_calls or []
-            ],
-            "top_logprobs": [[t.token, t.logprob] for t in first.top_logprobs] if first else [],
-        }
+        answer = answer_record(response)
         self.cache.put(key, self.config.model, messages, sampling, answer)  # written as it arrives
         self.stats["calls"] += 1
         self.stats["new_prompt_tokens"] += answer["prompt_tokens"]
@@ -343,6 +330,8 @@ class LLMClient:
             progress = tqdm(total=len(prompts), desc=desc, unit="prompt", dynamic_ncols=True)
         try:
             request = (request or {}) | {"response_format": self.config.response_format(schema)}
+            if self.config.batch.enabled:  # answered by batch jobs into the cache, then read from it
+                run_batches(self, prompts, request)
             results = asyncio.run(self._ask_all(prompts, parser, progress, request))
         finally:
             if own:
@@ -384,6 +373,15 @@ class LLMClient:
         answer = self._answer(raw)
         answer.parsed = answer.text
         return answer
+
+    def answer_in_batches(
+        self,
+        prompts: Sequence[list[Message]],
+        schema: type[BaseModel] | None = None,
+        request: dict | None = None,
+    ) -> None:
+        """The prompts `ask` would send, answered by batch jobs into the cache (alia.llm.batch)."""
+        run_batches(self, prompts, (request or {}) | {"response_format": self.config.response_format(schema)})
 
     def metrics(self) -> dict[str, int | float | None]:
         """Counts for a stage's metrics file, and the share of prompts whose answer parsed."""

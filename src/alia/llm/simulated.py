@@ -13,6 +13,10 @@ A request that sends `tools` gets OpenAI `tool_calls` back, as vLLM and OpenAI a
 policy (`tool_script`) makes the calls listed for the task its first user message contains, one a
 turn, then calls `final_answer` naming the items of the observations it was given.
 
+Batch jobs as OpenAI's Batch API runs them (alia.llm.simulated_api): files uploaded to `/v1/files`,
+batches submitted to `/v1/batches`, done after `batch_delay` seconds, `rate_batch_failed` of their
+lines answered with an error.
+
 Optional, as a vLLM server behaves: a latency model (time to first token, then tokens/s, at most
 `max_concurrency` requests decoding at once, the rest queued) and faults at given rates: HTTP 429
 and 500, time-outs (the answer never comes), dropped connections (the response stops half-way) and
@@ -45,6 +49,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict
 
 from alia.llm.llama_server import ServerProcess, free_port
+from alia.llm.simulated_api import BatchEndpoints, request_key, tool_call_message
 
 SENSORS = [
     "vibration", "temperature", "oil debris", "oil quality", "acoustic emission", "ultrasound",
@@ -104,6 +109,8 @@ class SimulatedConfig(BaseModel):
     rate_drop: float = 0.0  # the connection closes half-way through the response
     rate_malformed: float = 0.0  # an answer that does not parse
     seed: int = 0
+    batch_delay: float = 0.0  # seconds a batch takes to complete (the Batch API's hours, shortened)
+    rate_batch_failed: float = 0.0  # share of a batch's lines answered with an error
     tool_script: str = ""  # a JSON file {task text: [{"name", "arguments"}, ...]}: the tool calls to make
 
     def args(self) -> list[str]:
@@ -224,25 +231,6 @@ def answer_text(messages: list[dict], max_tokens: int, rng: random.Random, malfo
     return _passage(rng, ask, max_tokens)
 
 
-def tool_call_message(messages: list[dict], script: dict[str, list[dict]]) -> dict:
-    """The assistant message of the scripted tool-calling policy (see the module docstring)."""
-    users = [str(m.get("content") or "") for m in messages if m.get("role") not in ("system", "assistant")]
-    task = next((u for u in users if u), "")
-    calls = next((c for key, c in script.items() if key in task), [])
-    turn = sum(m.get("role") == "assistant" for m in messages)
-    if turn < len(calls):
-        name, arguments = calls[turn]["name"], calls[turn]["arguments"]
-    else:  # everything the tools returned, in order, once
-        items = re.findall(r"'item': '([^']+)'", "\n".join(users[1:]))
-        name, arguments = "final_answer", {"answer": ", ".join(dict.fromkeys(items)) or "nothing found"}
-    call = {
-        "id": f"call_{turn}",
-        "type": "function",
-        "function": {"name": name, "arguments": json.dumps(arguments)},
-    }
-    return {"role": "assistant", "content": None, "tool_calls": [call]}
-
-
 class SimulatedTeacher:
     """The aiohttp application; `attempts` counts requests per request body, `answered` successes."""
 
@@ -251,6 +239,7 @@ class SimulatedTeacher:
         self.attempts: Counter[str] = Counter()
         self.answered: Counter[str] = Counter()
         self.slots = asyncio.Semaphore(config.max_concurrency) if config.max_concurrency else None
+        self.batch_api = BatchEndpoints(self)
         self.script = json.loads(Path(config.tool_script).read_text()) if config.tool_script else {}
 
     def app(self) -> web.Application:
@@ -262,6 +251,7 @@ class SimulatedTeacher:
                 web.get("/stats", self.stats),
             ]
         )
+        self.batch_api.add_routes(app)  # /v1/files and /v1/batches, as OpenAI's Batch API
         return app
 
     async def models(self, request: web.Request) -> web.Response:
@@ -271,8 +261,9 @@ class SimulatedTeacher:
         """How many distinct requests were answered, and how many more than once."""
         twice = sum(1 for n in self.answered.values() if n > 1)
         return web.json_response(
-            {"requests": sum(self.attempts.values()), "answered": len(self.answered), "answered_twice": twice}
-        )
+            {"requests": sum(self.attempts.values()), "answered": len(self.answered), "answered_twice": twice,
+             "batches": len(self.batch_api.batches)}
+        )  # fmt: skip
 
     def _draw(self, key: str, attempt: int) -> str | None:
         """The fault of this attempt at this request, if any."""
@@ -287,9 +278,8 @@ class SimulatedTeacher:
         return None
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
-        raw = await request.read()
-        body = json.loads(raw)
-        key = hashlib.blake2b(raw, digest_size=16).hexdigest()
+        body = json.loads(await request.read())
+        key = request_key(body)
         self.attempts[key] += 1
         fault = self._draw(key, self.attempts[key])
         if fault in ("429", "500"):
@@ -297,38 +287,9 @@ class SimulatedTeacher:
             return web.json_response({"error": {"message": message, "type": fault}}, status=int(fault))
         if fault == "timeout":
             await asyncio.sleep(3600)  # the client gives up first
-        seed = int.from_bytes(hashlib.blake2b(f"{self.config.seed}:{key}".encode(), digest_size=8).digest())
-        max_tokens = int(body.get("max_tokens") or 256)
-        if body.get("tools"):
-            message = tool_call_message(body.get("messages", []), self.script)
-            text = message["tool_calls"][0]["function"]["arguments"]
-        else:
-            text = answer_text(
-                body.get("messages", []), max_tokens, random.Random(seed), fault == "malformed"
-            )
-            message = {"role": "assistant", "content": text}
-        completion_tokens = _tokens(text)
+        response = self.completion(body, key, malformed=fault == "malformed")
         if self.config.ttft or self.config.tokens_per_s:
-            await self._decode(completion_tokens)
-        prompt_tokens = sum(_tokens(str(m.get("content") or "")) for m in body.get("messages", []))
-        logprobs = None
-        if body.get("logprobs"):
-            labels = option_labels(next((m["content"] for m in body["messages"] if m["role"] == "user"), ""))
-            top = int(body.get("top_logprobs") or 1)
-            logprobs = first_token_logprobs(text, labels, random.Random(seed + 1), top)
-        finish_reason = (
-            "tool_calls" if body.get("tools") else "length" if completion_tokens >= max_tokens else "stop"
-        )
-        response = {
-            "id": f"chatcmpl-{key[:12]}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": body.get("model", "simulated"),
-            "choices": [{"index": 0, "message": message, "logprobs": logprobs,
-                         "finish_reason": finish_reason}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
-        }  # fmt: skip
+            await self._decode(response["usage"]["completion_tokens"])
         data = json.dumps(response).encode()
         if fault == "drop":  # half the body, then the connection closes
             stream = web.StreamResponse(headers={"Content-Type": "application/json"})
@@ -339,6 +300,38 @@ class SimulatedTeacher:
             return stream
         self.answered[key] += 1
         return web.Response(body=data, content_type="application/json")
+
+    def completion(self, body: dict, key: str, malformed: bool = False) -> dict:
+        """The chat completion for a request body: its answer drawn from the request's key, so that a
+        request streamed and the same request in a batch get the same answer."""
+        seed = int.from_bytes(hashlib.blake2b(f"{self.config.seed}:{key}".encode(), digest_size=8).digest())
+        max_tokens = int(body.get("max_tokens") or 256)
+        if body.get("tools"):
+            message = tool_call_message(body.get("messages", []), self.script)
+            text = message["tool_calls"][0]["function"]["arguments"]
+        else:
+            text = answer_text(body.get("messages", []), max_tokens, random.Random(seed), malformed)
+            message = {"role": "assistant", "content": text}
+        completion_tokens = _tokens(text)
+        prompt_tokens = sum(_tokens(str(m.get("content") or "")) for m in body.get("messages", []))
+        logprobs = None
+        if body.get("logprobs"):
+            labels = option_labels(next((m["content"] for m in body["messages"] if m["role"] == "user"), ""))
+            top = int(body.get("top_logprobs") or 1)
+            logprobs = first_token_logprobs(text, labels, random.Random(seed + 1), top)
+        finish_reason = (
+            "tool_calls" if body.get("tools") else "length" if completion_tokens >= max_tokens else "stop"
+        )
+        return {
+            "id": f"chatcmpl-{key[:12]}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model", "simulated"),
+            "choices": [{"index": 0, "message": message, "logprobs": logprobs,
+                         "finish_reason": finish_reason}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens},
+        }  # fmt: skip
 
     async def _decode(self, tokens: int) -> None:
         seconds = self.config.ttft + (tokens / self.config.tokens_per_s if self.config.tokens_per_s else 0)
