@@ -21,7 +21,11 @@ from alia.llm.prompts import load_prompt
 from alia.llm.simulated import SimulatedConfig, SimulatedServer, SimulatedTeacher
 
 REQUESTS = pd.DataFrame(
-    [("Pump", fm, sensor) for fm in ("cavitation", "seal leak", "bearing wear") for sensor in ("vibration", "flow")],
+    [
+        ("Pump", fm, sensor)
+        for fm in ("cavitation", "seal leak", "bearing wear")
+        for sensor in ("vibration", "flow")
+    ],
     columns=["equipment_class", "failure_mode", "sensor"],
 )
 
@@ -64,8 +68,12 @@ def test_failed_lines_are_asked_again_on_the_streaming_path_and_counted(tmp_path
 
 def test_what_the_batch_saved_at_a_price(tmp_path):
     with SimulatedServer() as server:
-        _, stats = relevance(server.base_url, tmp_path / "b.sqlite", price_per_1m_prompt_tokens=2.5,
-                             price_per_1m_completion_tokens=10.0)  # fmt: skip
+        _, stats = relevance(
+            server.base_url,
+            tmp_path / "b.sqlite",
+            price_per_1m_prompt_tokens=2.5,
+            price_per_1m_completion_tokens=10.0,
+        )
     spent = stats["new_prompt_tokens"] * 2.5 + stats["new_completion_tokens"] * 10.0  # micro-USD streaming
     assert stats["batch_saved_microusd"] == pytest.approx(spent * 0.5, abs=6)
 
@@ -111,17 +119,25 @@ def _recorded(cache) -> int:
 
 
 def test_files_split_at_the_request_and_byte_limits():
-    lines = request_lines("m", {f"k{i}": ([{"role": "user", "content": "x" * 50}], {"seed": 0}) for i in range(7)})
+    lines = request_lines(
+        "m", {f"k{i}": ([{"role": "user", "content": "x" * 50}], {"seed": 0}) for i in range(7)}
+    )
     assert [len(f) for f in split(lines, max_requests=3, max_bytes=10**6)] == [3, 3, 1]
     size = len(lines[0].encode()) + 1
     assert [len(f) for f in split(lines, max_requests=100, max_bytes=2 * size)] == [2, 2, 2, 1]
     first = json.loads(lines[0])
-    assert first["custom_id"] == "k0" and first["url"] == "/v1/chat/completions" and first["body"]["model"] == "m"
+    assert (
+        first["custom_id"] == "k0"
+        and first["url"] == "/v1/chat/completions"
+        and first["body"]["model"] == "m"
+    )
 
 
 def test_files_mode_says_the_vllm_command_then_reads_its_results(tmp_path):
     folder = tmp_path / "batches"
-    with pytest.raises(LLMError, match=r"vllm run-batch -i .*requests-\w+\.jsonl -o .*results\.jsonl --model simulated"):
+    with pytest.raises(
+        LLMError, match=r"vllm run-batch -i .*requests-\w+\.jsonl -o .*results\.jsonl --model simulated"
+    ):
         relevance("http://127.0.0.1:9/v1", tmp_path / "b.sqlite", mode="files", folder=str(folder))
     (requests_file,) = folder.glob("requests-*.jsonl")
     # what `vllm run-batch` writes: one result line per request line (here the simulated teacher's answers)
@@ -129,7 +145,16 @@ def test_files_mode_says_the_vllm_command_then_reads_its_results(tmp_path):
     results = []
     for line in map(json.loads, requests_file.read_text().splitlines()):
         body = teacher.completion(line["body"], line["custom_id"])
-        results.append({"id": "r", "custom_id": line["custom_id"], "response": {"status_code": 200, "body": body}, "error": None})
+        results.append(
+            {
+                "id": "r",
+                "custom_id": line["custom_id"],
+                "response": {"status_code": 200, "body": body},
+                "error": None,
+            }
+        )
     (folder / results_name(requests_file.name)).write_text("".join(json.dumps(r) + "\n" for r in results))
     out, stats = relevance("http://127.0.0.1:9/v1", tmp_path / "b.sqlite", mode="files", folder=str(folder))
-    assert stats["batch_answers"] == 6 and stats["calls"] == 0 and out["ok"].all()  # no endpoint was ever asked
+    assert (
+        stats["batch_answers"] == 6 and stats["calls"] == 0 and out["ok"].all()
+    )  # no endpoint was ever asked
