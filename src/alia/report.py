@@ -344,6 +344,24 @@ def mcqa_section(mcqa_metrics: list[Path], question_set: str = "d_eval", mode: s
     return "\n".join(["<h2>Multiple-choice questions</h2>", table(rows), chart("mcqa", spec)])
 
 
+def grouped_bars(
+    title: str, points: list[dict], category: str, value: str, value_title: str | None = None
+) -> dict:
+    """A bar per system within each category, the systems told apart by colour (Vega-Lite)."""
+    x = {"field": value, "type": "quantitative"} | ({"title": value_title} if value_title else {})
+    return {
+        "title": title,
+        "data": {"values": points},
+        "mark": "bar",
+        "encoding": {
+            "y": {"field": category, "type": "nominal", "sort": None},
+            "x": x,
+            "yOffset": {"field": "system"},
+            "color": {"field": "system", "type": "nominal"},
+        },
+    }
+
+
 def embedder_section(embedder_metrics: Path, metric: str = "map@100") -> str:
     results = read_json(embedder_metrics)
     tasks = [task for task in results["finetuned"] if task != "macro"] + ["macro"]
@@ -357,17 +375,9 @@ def embedder_section(embedder_metrics: Path, metric: str = "map@100") -> str:
         diff = results["finetuned_minus_pretrained"][task]
         row["finetuned - pretrained"] = interval(diff[metric], diff.get(f"{metric}_ci95"))
         rows.append(row)
-    spec = {
-        "title": f"{metric} per task ({results['split']} split, {results['seeds']} seeds)",
-        "data": {"values": points},
-        "mark": "bar",
-        "encoding": {
-            "y": {"field": "task", "type": "nominal", "sort": None},
-            "x": {"field": metric, "type": "quantitative"},
-            "yOffset": {"field": "system"},
-            "color": {"field": "system", "type": "nominal"},
-        },
-    }
+    spec = grouped_bars(
+        f"{metric} per task ({results['split']} split, {results['seeds']} seeds)", points, "task", metric
+    )
     return "\n".join([f"<h2>Embedder ({metric})</h2>", table(rows), chart("embedder", spec)])
 
 
@@ -402,17 +412,8 @@ def agent_section(agent_metrics: Path) -> str:
          "p (Wilcoxon, clusters)": c["p_wilcoxon"], "smallest detectable": c["mde"]}
         for pair, c in metrics["comparisons"].items() if c["questions"]
     ]  # fmt: skip
-    spec = {
-        "title": f"F1 per kind of question ({metrics['split']} split, {metrics['questions']} questions)",
-        "data": {"values": points},
-        "mark": "bar",
-        "encoding": {
-            "y": {"field": "kind", "type": "nominal", "sort": None},
-            "x": {"field": "f1", "type": "quantitative", "title": "mean F1 of the gold items"},
-            "yOffset": {"field": "system"},
-            "color": {"field": "system", "type": "nominal"},
-        },
-    }
+    title = f"F1 per kind of question ({metrics['split']} split, {metrics['questions']} questions)"
+    spec = grouped_bars(title, points, "kind", "f1", "mean F1 of the gold items")
     note = (
         f"<p>{metrics['questions']} open questions about the {metrics['split']} split's assets "
         f"(the ReAct agent answers {metrics['react_questions']} of them); an answer's items are matched "
