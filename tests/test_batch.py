@@ -118,6 +118,11 @@ def _recorded(cache) -> int:
         return 0
 
 
+def test_the_local_server_has_no_batch_api(tmp_path):
+    with pytest.raises(LLMError, match="local llama.cpp server has no Batch API"):
+        relevance("local", tmp_path / "b.sqlite")
+
+
 def test_files_split_at_the_request_and_byte_limits():
     lines = request_lines(
         "m", {f"k{i}": ([{"role": "user", "content": "x" * 50}], {"seed": 0}) for i in range(7)}

@@ -87,6 +87,9 @@ class Ledger:
             found.update({key: (batch, mode) for key, batch, mode in rows})
         return found
 
+    def keys(self, batch: str) -> set[str]:
+        return {key for (key,) in self.db.execute("SELECT key FROM batch_requests WHERE batch = ?", (batch,))}
+
     def close(self, batch: str) -> None:
         self.db.execute("UPDATE batches SET done = ? WHERE id = ?", (time.time(), batch))
         self.db.commit()
@@ -125,6 +128,12 @@ def run_batches(client: LLMClient, prompts: Sequence[list[dict]], request: dict[
     """Answer by batches every prompt of `prompts` that the cache does not hold (see the module
     docstring); nothing is returned: the answers are in the cache."""
     config = client.config.batch
+    if config.mode == "api" and client.config.base_url == "local":
+        from alia.llm.client import LLMError
+
+        raise LLMError(
+            "teacher.batch.mode api: the local llama.cpp server has no Batch API (mode files, or off)"
+        )
     requests: dict[str, tuple[list, dict]] = {}
     for messages in prompts:
         key, sampling = client._request_key(messages, request)
@@ -150,7 +159,9 @@ def run_batches(client: LLMClient, prompts: Sequence[list[dict]], request: dict[
         results = asyncio.run(_wait(client, batch)) if mode == "api" else _results(batch)
         if results is None:  # mode files: not answered yet
             continue
-        _read(client, results, requests)
+        answered = _read(client, results, requests)
+        # lines that failed, and every line of a batch that failed or expired whole
+        client.stats["batch_failed"] += len(ledger.keys(batch) & requests.keys() - answered)
         ledger.close(batch)
     unanswered = [b for b, mode in waiting.items() if mode == "files" and _results(b) is None]
     if unanswered:
@@ -187,6 +198,8 @@ async def _wait(client: LLMClient, batch_id: str) -> list[dict]:
     try:
         while (batch := await api.batches.retrieve(batch_id)).status not in DONE:
             await asyncio.sleep(client.config.batch.poll_interval)
+        if batch.status != "completed":  # its lines go to the streaming path
+            tqdm.write(f"teacher batch {batch_id}: {batch.status} ({batch.errors})", file=sys.stderr)
         lines = []
         for file_id in (batch.output_file_id, batch.error_file_id):
             if file_id:
@@ -216,25 +229,26 @@ def _results(batch: str) -> list[dict] | None:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def _read(client: LLMClient, results: list[dict], requests: dict[str, tuple[list, dict]]) -> None:
-    """Each answered line into the cache, as the streaming path would have written it; failed ones
-    counted. Tokens are counted as spent, and what they would have cost streaming as saved."""
+def _read(client: LLMClient, results: list[dict], requests: dict[str, tuple[list, dict]]) -> set[str]:
+    """Each answered line into the cache, as the streaming path would have written it; the keys
+    answered. Tokens are counted as spent, and what they would have cost streaming as saved."""
     from openai.types.chat import ChatCompletion
 
-    prices = client.config.batch
+    prices, answered = client.config.batch, set()
     for line in results:
         key, response = line.get("custom_id"), line.get("response") or {}
         if key not in requests:  # another stage's request in the same batch: its own run reads it
             continue
         if line.get("error") or response.get("status_code") != 200:
-            client.stats["batch_failed"] += 1
             continue
         answer = answer_record(ChatCompletion.model_validate(response["body"]))
         messages, sampling = requests[key]
         client.cache.put(key, client.config.model, messages, sampling, answer)
         client.stats["batch_answers"] += 1
+        answered.add(key)
         client.stats["new_prompt_tokens"] += answer["prompt_tokens"]
         client.stats["new_completion_tokens"] += answer["completion_tokens"]
         cost = answer["prompt_tokens"] * prices.price_per_1m_prompt_tokens
         cost += answer["completion_tokens"] * prices.price_per_1m_completion_tokens
         client.stats["batch_saved_microusd"] += round(cost * prices.discount)
+    return answered
