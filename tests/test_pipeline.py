@@ -503,20 +503,16 @@ def test_student_training_and_evaluation_stages(project):
 
 
 def agent_and_description_answer(messages: list[dict]) -> str | dict:
-    """The agent's turns as a tool-calling model takes them (FM2S, then the answer naming the first
-    sensor found); a sentence for any other prompt (embed_tasks' entity descriptions)."""
+    """The agent's turns as a tool-calling model takes them (the compressor's sensors, then the answer
+    naming the first sensor found); a sentence for any other prompt (embed_tasks' entity descriptions,
+    the closed-book questions)."""
     import json
     import re
 
     if "assistant to reliability engineers" not in messages[0]["content"]:
         return kd_teacher_answer(messages)
-    question = messages[1]["content"]
     if sum(m["role"] == "assistant" for m in messages) == 0:
-        if confirm := re.search(r"A (.+) may be developing (.+)\. Which sensors", question):
-            name, arguments = "sensors_for_failure_mode", {"asset": confirm[1], "failure_mode": confirm[2]}
-        else:
-            symptom = re.search(r"show abnormal (.+) on a (.+)\. Which failure", question)
-            name, arguments = "failure_modes_for_sensor", {"asset": symptom[2], "sensor": symptom[1]}
+        name, arguments = "sensors_for_asset", {"asset": "Compressor"}
     else:
         name, arguments = (
             "final_answer",
@@ -546,7 +542,7 @@ def test_embedder_and_agent_stages(project, tmp_path):
         "save_steps": 2,
     }
     params["train_embedder"]["seeds"] = [3, 4]
-    params["eval_agent"] |= {"questions_per_kind": 1}
+    params["eval_agent"] |= {"max_per_kind": 1, "react_per_kind": 1}
     with FakeOpenAI(agent_and_description_answer) as server:
         params["teacher"] |= {"base_url": server.base_url, "model": "fake-model", "api_key_env": None}
         params_file.write_text(yaml.safe_dump(params, sort_keys=False))
@@ -585,16 +581,28 @@ def test_embedder_and_agent_stages(project, tmp_path):
     )
     assert "| macro | 100 |" in (project / "metrics" / "embedder.md").read_text()
 
+    from alia.agent.scenarios import KINDS, read_scenarios
+    from alia.agent.scoring import item_scores
+
     agent = yaml.safe_load((project / "metrics" / "agent.json").read_text())
-    questions = pd.read_parquet(project / "data" / "eval" / "agent" / "questions.parquet")
+    scenarios = read_scenarios(project / "data" / "eval" / "agent" / "scenarios.jsonl")
     answers = pd.read_parquet(project / "data" / "eval" / "agent" / "answers.parquet")
-    assert set(questions["asset"]) <= by_split["test"] and len(questions) == 2
-    assert (agent["questions"], agent["failures"], agent["tool_calls"], agent["steps"]) == (2, 0, 1.0, 2.0)
-    hits = [a in set(g) for a, g in zip(answers["answer"], questions["gold"], strict=True)]
-    expected = [h / len(g) for h, g in zip(hits, questions["gold"], strict=True)]
-    assert agent["recall"] == round(sum(expected) / 2, 4) and agent["precision"] == round(sum(hits) / 2, 4)
+    assert set(scenarios["asset_name"]) <= by_split["test"] and list(scenarios["kind"]) == list(KINDS)
+    assert agent["questions"] == agent["react_questions"] == 7
+    systems = agent["systems"]
+    assert set(systems) == {"oracle", "oracle_pretrained", "oracle_bm25", "closed_book", "react"}
+    assert all(s["overall"]["questions"] == 7 for s in systems.values())
+    counts = systems["react"]["counts"]
+    assert [counts[c] for c in ("tool_calls", "steps", "stopped", "repeated_calls")] == [1.0, 2.0, 0, 0.0]
+    for row in answers.itertuples():  # every system's F1 as the gold list and its named items give it
+        assert row.f1 == pytest.approx(item_scores(row.items, row.gold)["f1"]), (row.system, row.id)
+    oracle = answers[answers["system"] == "oracle"]
+    # one call a one-tool kind; sensors_fm and confirm two; symptom its 5 failure modes' components too
+    assert oracle["tool_calls"].tolist() == [1, 1, 1, 1, 2, 6, 2]
+    assert systems["oracle"]["overall"]["recall"] > 0
+    assert agent["comparisons"]["oracle - oracle_pretrained"]["questions"] == 7
     trace = (project / "data" / "eval" / "agent" / "trace.jsonl").read_text().splitlines()
-    assert [yaml.safe_load(line)["type"] for line in trace] == ["task", "action", "action", "answer"] * 2
+    assert [yaml.safe_load(line)["type"] for line in trace] == ["task", "action", "action", "answer"] * 7
 
     # MLflow: each run names the data it read, by its DVC hash (the UI's Datasets column) ...
     lock = yaml.safe_load((project / "dvc.lock").read_text())
@@ -617,7 +625,7 @@ def test_embedder_and_agent_stages(project, tmp_path):
     traces = mlflow.search_traces(
         locations=[agent_run.experiment_id], run_id=agent_run.run_id, return_type="list"
     )
-    assert len(traces) == 2  # one per question
+    assert len(traces) == 7  # one per question the ReAct agent answered
     spans = [span.span_type for span in traces[0].data.spans]
     assert spans[0] == "AGENT" and "TOOL" in spans and "CHAT_MODEL" in spans
 
