@@ -16,7 +16,7 @@ import pytest
 from conftest import REPO
 
 from alia.core.io import read_json
-from alia.report import offline_page
+from alia.pages import offline_page
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(

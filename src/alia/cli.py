@@ -206,7 +206,7 @@ def cmd_exp_transfer(args: argparse.Namespace) -> int:
 def cmd_plots_page(args: argparse.Namespace) -> int:
     """Write the offline HTML page that `dvc plots show` fills (.dvc/config plots.html_template)."""
     from alia.core.io import write_text
-    from alia.report import offline_page
+    from alia.pages import offline_page
 
     write_text(args.out, offline_page())
     return 0
