@@ -66,6 +66,22 @@ def test_failed_lines_are_asked_again_on_the_streaming_path_and_counted(tmp_path
     assert batched["text"].tolist() == streamed["text"].tolist()
 
 
+def test_a_line_that_failed_is_not_batched_again(tmp_path):
+    # a chunked stage answers the whole table by batches, then asks chunk by chunk (ask_rows_in_chunks):
+    # the lines that failed go to the streaming path then, not into a batch of their own
+    prompt = load_prompt("relevance_check")
+    prompts = [prompt.messages(**row) for row in REQUESTS.to_dict("records")]
+    with SimulatedServer(SimulatedConfig(rate_batch_failed=0.5)) as server:
+        with LLMClient(config(server.base_url), tmp_path / "b.sqlite") as teacher:
+            teacher.answer_in_batches(prompts, prompt.schema())
+            failed = teacher.stats["batch_failed"]
+            check_relevance(teacher, prompt, REQUESTS)
+            stats = teacher.run_stats()
+        served = server.stats()
+    assert failed > 0 and served["batches"] == 1 and stats["batch_requests"] == 6
+    assert stats["calls"] == failed and served["answered_twice"] == 0
+
+
 def test_what_the_batch_saved_at_a_price(tmp_path):
     with SimulatedServer() as server:
         _, stats = relevance(

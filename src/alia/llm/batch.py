@@ -74,17 +74,17 @@ class Ledger:
         self.db.executemany("INSERT OR REPLACE INTO batch_requests VALUES (?, ?)", [(k, batch) for k in keys])
         self.db.commit()
 
-    def submitted(self, keys: list[str]) -> dict[str, tuple[str, str]]:
-        """{key: (batch id, mode)} of `keys` held by a batch not yet read back."""
-        found: dict[str, tuple[str, str]] = {}
+    def held(self, keys: list[str]) -> dict[str, tuple[str, str, float | None]]:
+        """{key: (batch id, mode, when read back or None)} of `keys` that a batch held."""
+        found: dict[str, tuple[str, str, float | None]] = {}
         for start in range(0, len(keys), 500):  # sqlite's limit on a statement's variables
             chunk = keys[start : start + 500]
             rows = self.db.execute(
-                "SELECT r.key, b.id, b.mode FROM batch_requests r JOIN batches b ON b.id = r.batch "
-                f"WHERE b.done IS NULL AND r.key IN ({','.join('?' * len(chunk))})",
+                "SELECT r.key, b.id, b.mode, b.done FROM batch_requests r JOIN batches b ON b.id = r.batch "
+                f"WHERE r.key IN ({','.join('?' * len(chunk))})",
                 chunk,
             )
-            found.update({key: (batch, mode) for key, batch, mode in rows})
+            found.update({key: (batch, mode, done) for key, batch, mode, done in rows})
         return found
 
     def keys(self, batch: str) -> set[str]:
@@ -142,15 +142,19 @@ def run_batches(client: LLMClient, prompts: Sequence[list[dict]], request: dict[
     if not requests:
         return
     ledger = Ledger(client.cache.db)
-    submitted = ledger.submitted(list(requests))  # by a run that did not see them through
-    waiting = dict(submitted.values())
-    new = {k: v for k, v in requests.items() if k not in submitted}
+    held = ledger.held(list(requests))
+    # a batch submitted by a run that did not see it through is waited for, not paid for again
+    waiting = {batch: mode for batch, mode, done in held.values() if done is None}
+    # and a line that failed in a batch already read back goes to the streaming path, not a new batch
+    new = {k: v for k, v in requests.items() if k not in held}
     for lines in split(request_lines(client.config.model, new), config.max_requests, config.max_bytes):
         keys = [json.loads(line)["custom_id"] for line in lines]
         batch = asyncio.run(_submit(client, lines)) if config.mode == "api" else _write(config.folder, lines)
         ledger.record(batch, config.mode, keys)  # before waiting: a crash from here on resumes it
         waiting[batch] = config.mode
         client.stats["batch_requests"] += len(lines)
+    if not waiting:
+        return
     tqdm.write(
         f"teacher batch: {len(requests)} requests in {len(waiting)} batch(es) ({config.mode})",
         file=sys.stderr,
