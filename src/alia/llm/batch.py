@@ -159,15 +159,16 @@ def run_batches(client: LLMClient, prompts: Sequence[list[dict]], request: dict[
         f"teacher batch: {len(requests)} requests in {len(waiting)} batch(es) ({config.mode})",
         file=sys.stderr,
     )
+    unanswered = []
     for batch, mode in waiting.items():
         results = asyncio.run(_wait(client, batch)) if mode == "api" else _results(batch)
         if results is None:  # mode files: not answered yet
+            unanswered.append(batch)
             continue
         answered = _read(client, results, requests)
         # lines that failed, and every line of a batch that failed or expired whole
-        client.stats["batch_failed"] += len(ledger.keys(batch) & requests.keys() - answered)
+        client.stats["batch_failed"] += len((ledger.keys(batch) & requests.keys()) - answered)
         ledger.close(batch)
-    unanswered = [b for b, mode in waiting.items() if mode == "files" and _results(b) is None]
     if unanswered:
         from alia.llm.client import LLMError
 
