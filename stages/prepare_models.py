@@ -19,7 +19,9 @@ params = load_params("prepare_models")[role]  # its kind is causal_lm or sentenc
 
 with replacing(out_dir) as partial:  # the checkpoint whole, or none
     if params["kind"] == "causal_lm":
-        info = prepare_causal_lm(params["source"], partial, dtype=resolve_dtype(params["dtype"]))
+        info = prepare_causal_lm(
+            params["source"], partial, dtype=resolve_dtype(params["dtype"]), hub_id=params["hub_id"]
+        )
     else:
-        info = prepare_embedder(params["source"], partial)
+        info = prepare_embedder(params["source"], partial, hub_id=params["hub_id"])
 print(json.dumps({role: info}, indent=2))

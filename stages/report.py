@@ -1,20 +1,21 @@
 """Stage report: one self-contained HTML page of the run (which run: commit, settings, machine; corpora,
 knowledge graph, training curves, multiple-choice accuracy with intervals, the embedder per task, the
-agent) that renders offline.
+agent) that renders offline, and the run's headline figures: the metrics `dvc metrics show` prints.
 
-python stages/report.py <report.html> --params <params.yaml> --corpus-stats <json> --corpora <corpus>...
-    --kg <json> --kg-dir <dir> --teacher <json or dir>... --student-curves <dir> --embedder-curve <json>
-    --mcqa <dir> --embedder <json> --agent <json>
+python stages/report.py <report.html> <headline.json> --params <params.yaml> --corpus-stats <json>
+    --corpora <corpus>... --kg <json> --kg-dir <dir> --teacher <json or dir>... --student-curves <dir>
+    --embedder-curve <json> --mcqa <dir> --embedder <json> --agent <json>
 """
 
 import argparse
 from pathlib import Path
 
 from alia import report
-from alia.core.tracking import check_outputs
+from alia.core.tracking import check_outputs, finish_stage
 
 parser = argparse.ArgumentParser()
 parser.add_argument("report_file", type=Path)
+parser.add_argument("headline_file", type=Path)
 parser.add_argument("--params", type=Path, required=True, help="the settings the header shows")
 parser.add_argument("--corpus-stats", type=Path, required=True)
 parser.add_argument("--corpora", type=Path, nargs="+", required=True)
@@ -27,7 +28,7 @@ parser.add_argument("--mcqa", type=Path, required=True, help="one metrics file p
 parser.add_argument("--embedder", type=Path, required=True)
 parser.add_argument("--agent", type=Path, required=True)
 args = parser.parse_args()
-check_outputs(args.report_file)
+check_outputs(args.report_file, args.headline_file)
 
 sections = [
     report.run_section(args.params),
@@ -41,3 +42,5 @@ sections = [
 ]
 report.write_report(sections, args.report_file)
 print(f"wrote {args.report_file} ({args.report_file.stat().st_size / 1e6:.1f} MB)")
+headline = report.headline(sorted(args.mcqa.glob("*.json")), args.embedder, args.agent)
+finish_stage("report", headline, args.headline_file)

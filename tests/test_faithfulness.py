@@ -7,20 +7,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import SMOLLM2
 
-from alia.data.tables import read_tables
 from alia.data.vocabulary import Canonicaliser
 from alia.kd.faithfulness import FactChecker, FactFilter, Vocabulary, denials, summary
 
 REPO = Path(__file__).resolve().parents[1]
-TABLES = REPO / "data" / "tables"
 
 
 @pytest.fixture(scope="module")
-def checker():
-    if not (TABLES / "vocabulary.parquet").exists():
-        pytest.skip("data/tables: run `dvc repro tables` first")
-    tables = read_tables(TABLES)
+def checker(tables):
     relevance = pd.DataFrame(  # the relevance check's answers for a D_source class
         {
             "equipment_class": ["Compressors", "Compressors"],
@@ -172,12 +168,12 @@ def test_the_judge_scores_each_passage_through_the_one_client(checker, tmp_path)
     assert calls["requests"] >= 3
 
 
-def test_description_quality_reads_length_perplexity_and_groundedness():
+def test_description_quality_reads_length_perplexity_and_groundedness(tmp_path):
+    from alia.core.models import prepare_causal_lm
     from alia.embedder.description_quality import check_descriptions
 
-    model = REPO / "models" / "pretrained" / "student_instruct"
-    if not model.exists():
-        pytest.skip("models/pretrained/student_instruct: run `dvc repro prepare_models` first")
+    model = tmp_path / "student_instruct"  # as prepare_models writes it: a clean clone has no models/
+    prepare_causal_lm(SMOLLM2, model)
     rows = pd.DataFrame({"entities": [["Pump"]], "relevant": [["vibration", "flow"]]})
     entities = pd.DataFrame(
         {

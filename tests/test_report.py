@@ -88,9 +88,9 @@ def test_the_report_draws_its_charts_offline(tmp_path, tables):
         corpora / "kd_qa.parquet"
     )
     metrics = REPO / "metrics"
-    report = tmp_path / "report.html"
+    report, headline = tmp_path / "report.html", tmp_path / "headline.json"
     subprocess.run(
-        [sys.executable, REPO / "stages" / "report.py", report,
+        [sys.executable, REPO / "stages" / "report.py", report, headline,
          "--corpus-stats", metrics / "corpus_stats.json",
          "--params", REPO / "params.yaml",
          "--corpora", corpora / "kd_base.parquet", corpora / "kd_qa.parquet",
@@ -99,7 +99,7 @@ def test_the_report_draws_its_charts_offline(tmp_path, tables):
          "--student-curves", metrics / "plots" / "train_student",
          "--embedder-curve", metrics / "plots" / "train_embedder.json", "--mcqa", metrics / "mcqa",
          "--embedder", metrics / "embedder.json", "--agent", metrics / "agent.json"],
-        check=True,
+        check=True, env=os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"},
     )  # fmt: skip
     text = report.read_text(encoding="utf-8")
     assert "Cavitation in a centrifugal pump" in text and "Which sensor sees cavitation?" in text
@@ -109,6 +109,14 @@ def test_the_report_draws_its_charts_offline(tmp_path, tables):
                                          "kd_rephrase@toddler", "kd_rephrase@wikipedia"]  # fmt: skip
     relevance = read_json(metrics / "relevance_check.json")["teacher"]
     assert teacher["parse_failures"][0] == relevance["parse_failures"]
+    # the headline, the one file `dvc metrics show` prints: each model's accuracy as its own file says it
+    figures = read_json(headline)
+    for model in ("teacher", "student_instruct", "kd_qa"):
+        scores = read_json(metrics / "mcqa" / f"{model}.json")["d_eval"]["letter"]
+        assert figures["acc"][model] == round(scores["acc_all"], 4)
+    oracle = read_json(metrics / "agent.json")["systems"]["oracle"]["overall"]
+    assert figures["f1"]["oracle"] == round(oracle["f1"], 4)
+    assert len(json.dumps(figures)) < 300  # a few figures, not a breakdown
     assert drawn_charts(report, tmp_path) == (8, 8)  # the agent's F1 per kind among them
     assert screenshot(report, tmp_path / "report.png", tmp_path) > 50
 

@@ -113,3 +113,81 @@ def test_finish_stage_keeps_run_stats_out_of_the_file_and_logs_the_inputs(
         "local",
     )
     assert {t.key: t.value for t in logged.tags}["mlflow.data.context"] == "training"
+
+
+# --- runs that tell the truth: killed stages end, durations cover the stage's work ------------------
+
+STAGE = """
+import sys, time
+from alia.core.tracking import start_run
+with start_run("train_student", variant="kd_qa") as run:
+    print(run.info.run_id, flush=True)
+    time.sleep(120)
+"""
+
+
+def _started_stage(tmp_path, store):
+    """A stage's process inside its run (what stages/train_student.py does while it trains)."""
+    import subprocess
+    import sys
+
+    env = {**__import__("os").environ, "MLFLOW_TRACKING_URI": store}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STAGE], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    return proc, proc.stdout.readline().strip()
+
+
+def test_a_stage_killed_by_sigterm_ends_its_run_killed(store, tmp_path):
+    import signal
+
+    proc, run_id = _started_stage(tmp_path, store)
+    assert mlflow.MlflowClient(store).get_run(run_id).info.status == "RUNNING"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert err.strip().splitlines()[-1].startswith("error: -c: killed by SIGTERM")  # one line, no traceback
+    run = mlflow.MlflowClient(store).get_run(run_id).info
+    assert run.status == "KILLED" and run.end_time is not None
+
+
+def test_a_run_left_running_by_sigkill_is_ended_by_the_next_run(store, tmp_path):
+    import signal
+
+    proc, run_id = _started_stage(tmp_path, store)
+    proc.send_signal(signal.SIGKILL)  # nothing in the process can end its run
+    proc.communicate(timeout=60)
+    client = mlflow.MlflowClient(store)
+    assert client.get_run(run_id).info.status == "RUNNING"
+    with start_run("kg") as run:  # the next stage to run on this host
+        pass
+    assert client.get_run(run_id).info.status == "KILLED"
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"
+
+
+def test_a_stage_that_fails_ends_its_run_failed_and_a_live_one_stays_running(store, tmp_path):
+    proc, alive = _started_stage(tmp_path, store)  # a stage running beside this one
+    try:
+        with pytest.raises(ValueError), start_run("kg") as run:
+            raise ValueError("bad row")
+        client = mlflow.MlflowClient(store)
+        assert client.get_run(run.info.run_id).info.status == "FAILED"
+        assert client.get_run(alive).info.status == "RUNNING"
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+def test_a_run_opened_at_the_stage_end_starts_when_the_stage_did(store, tmp_path, monkeypatch):
+    import time
+
+    from alia.core import tracking
+
+    began = int(time.time() * 1000) - 90_000  # a teacher stage that worked 90 s before its end
+    monkeypatch.setattr(tracking, "STARTED_MS", began)
+    tracking.finish_stage("kd_base", {"documents": 3}, tmp_path / "kd_base.json")
+    (run,) = mlflow.MlflowClient(store).search_runs(
+        [mlflow.get_experiment_by_name("alia").experiment_id], "tags.`alia.stage` = 'kd_base'"
+    )
+    assert run.info.start_time == began and run.info.end_time - run.info.start_time >= 90_000

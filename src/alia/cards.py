@@ -9,6 +9,7 @@ the teacher).
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 from pathlib import Path
 from typing import Any
@@ -18,17 +19,57 @@ import yaml
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
 
 from alia.core.io import write_text
-from alia.core.models import SOURCE_FILE
+from alia.core.models import PACKAGE_PREFIX, SOURCE_FILE
+from alia.core.tracking import dvc_digest
 
 # the source tables' licence (data/raw/LICENSE-CC-BY-4.0.txt), which everything derived inherits
 LICENSE = "cc-by-4.0"
 TAGS = ["alia", "industrial-maintenance", "iso-14224", "iso-17359"]
 
 
-def base_model(pretrained_dir: str | Path) -> str:
-    """The pretrained model's source as params.yaml prepare_models named it (alia_source.json)."""
+def source_of(pretrained_dir: str | Path) -> dict[str, Any]:
+    """What prepare_models wrote beside the pretrained checkpoint (alia_source.json): its `spec` as
+    params.yaml named it and the `hub_id` it is, or was made from; {} for a folder it did not write."""
     source = Path(pretrained_dir) / SOURCE_FILE
-    return json.loads(source.read_text())["spec"] if source.exists() else str(pretrained_dir)
+    return json.loads(source.read_text()) if source.exists() else {}
+
+
+def base_weights(source: dict[str, Any]) -> str:
+    """Where the base's weights came from, said to someone outside this repository."""
+    spec, hub_id = source.get("spec", ""), source.get("hub_id")
+    if not spec.startswith(PACKAGE_PREFIX):
+        return f"`{spec}` from the Hugging Face hub." if spec == hub_id else f"the local checkpoint `{spec}`."
+    module = spec.removeprefix(PACKAGE_PREFIX).split("/")[0]
+    dist = importlib.metadata.packages_distributions().get(module, [module.replace("_", "-")])[0]
+    made_from = f" (made from `{hub_id}`)" if hub_id else ""
+    return (
+        f"the pip package `{dist}=={importlib.metadata.version(dist)}`{made_from}: `{spec}`, saved by "
+        f"alia's prepare_models stage as a {source.get('dtype', '')} checkpoint."
+    )
+
+
+def loading_adapter(source: dict[str, Any], folder: str) -> str:
+    """Python that loads the adapter in `folder` on its base anywhere: its adapter_config.json names the
+    base by its path in the repository, which only a clone has."""
+    spec = source.get("spec", "")
+    imports = ["from peft import PeftModel", "from transformers import AutoModelForCausalLM"]
+    module, _, file = spec.removeprefix(PACKAGE_PREFIX).partition("/")
+    if not spec.startswith(PACKAGE_PREFIX):
+        base = [f'base = AutoModelForCausalLM.from_pretrained("{spec}")']
+    elif file:  # a GGUF file inside the package, de-quantised on load (needs the gguf package)
+        imports.insert(0, "import importlib.resources\n")
+        base = [
+            f'package = str(importlib.resources.files("{module}"))',
+            f'base = AutoModelForCausalLM.from_pretrained(package, gguf_file="{file}")',
+        ]
+    else:  # chunks that the package assembles into one GGUF file, its sha256 checked
+        imports = ["from pathlib import Path\n", f"import {module}", *imports]
+        base = [
+            f'gguf = {module}.assemble(Path("{module}.gguf"))',
+            "base = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)",
+        ]
+    load = f'model = PeftModel.from_pretrained(base, "{folder}")  # the folder this card is in'
+    return "```python\n" + "\n".join([*imports, "", *base, load]) + "\n```"
 
 
 def _card(data: ModelCardData | DatasetCardData, body: str) -> str:
@@ -37,6 +78,11 @@ def _card(data: ModelCardData | DatasetCardData, body: str) -> str:
 
 def _settings(settings: dict[str, Any]) -> str:
     return "```yaml\n" + yaml.safe_dump(settings, sort_keys=False).strip() + "\n```"
+
+
+def _trained_on(datasets: list[str]) -> str:
+    """The data, by its path and DVC hash in this repository: none of it is a hub dataset."""
+    return ", ".join(f"`{d}` (DVC md5 `{dvc_digest(d) or 'not recorded'}`)" for d in datasets)
 
 
 def write_model_card(
@@ -51,15 +97,17 @@ def write_model_card(
     settings: dict[str, Any],
     results: dict[str, Any],
     eval_results: list[EvalResult] | None = None,
+    loading: str = "",
 ) -> Path:
-    """README.md in `out_dir`: metadata (base model, library, datasets, licence, evaluation results as
-    model-index) and a body with what the stage trained it on and how."""
+    """README.md in `out_dir`: metadata (the base's hub id, library, licence, evaluation results as
+    model-index; the data is this repository's, not a hub dataset, so the body names it), and a body
+    with the base's origin, what the stage trained it on and how, and how to load it."""
+    source = source_of(pretrained_dir)
     data = ModelCardData(
         model_name=name,
-        base_model=base_model(pretrained_dir),
+        base_model=source.get("hub_id"),
         library_name=library_name,
         pipeline_tag=pipeline_tag,
-        datasets=datasets,
         language="en",
         tags=TAGS,
         eval_results=eval_results,
@@ -67,9 +115,9 @@ def write_model_card(
     body = "\n\n".join(
         [
             f"# {name}\n\n{summary}",
-            f"Base model: `{data.base_model}` (alia's prepare_models stage). Trained on: "
-            + ", ".join(f"`{d}`" for d in datasets)
-            + ".",
+            f"Base model: {base_weights(source) if source else f'`{pretrained_dir}`'}",
+            f"Trained on: {_trained_on(datasets)}, written by alia's pipeline (`dvc get <repo> <path>`).",
+            *(["## Loading it\n\n" + loading] if loading else []),
             "## Results of this run\n\n" + _settings(results),
             "## Settings (params.yaml)\n\n" + _settings(settings),
             "## Licence\n\nThe base model's licence applies to the weights; the training data is CC-BY-4.0, "
@@ -95,6 +143,7 @@ def write_adapter_card(
         "stage scores it on the multiple-choice question sets, paired with its base.",
         settings=settings,
         results=results,
+        loading=loading_adapter(source_of(pretrained_dir), Path(out_dir).name),
     )
 
 
@@ -124,6 +173,8 @@ def write_embedder_card(
         settings=settings,
         results={k: v for k, v in result.items() if k not in ("losses", "validation")},
         eval_results=[score] if result["validation_ndcg@10"] is not None else None,
+        loading="```python\nfrom sentence_transformers import SentenceTransformer\n\n"
+        'model = SentenceTransformer("embedder")  # the folder this card is in: the whole model\n```',
     )
 
 

@@ -321,6 +321,26 @@ def agent_section(agent_metrics: Path) -> str:
     return "\n".join(["<h2>Agent</h2>", note, table(rows), table(comparisons), chart("agent", spec)])
 
 
+# --- the headline: the few figures `dvc metrics show` and `dvc exp show` print --------------------
+
+
+def headline(mcqa_metrics: list[Path], embedder_metrics: Path, agent_metrics: Path) -> dict[str, Any]:
+    """The run's figures a table of experiments compares, one short column each: every model's accuracy
+    on the held-out question set (`acc.<model>`, letter scoring), the fine-tuned embedder's macro MAP@100
+    and the agent's F1 at its ceiling and as ReAct. Their intervals and breakdowns stay in each stage's
+    own metrics file (DVC outputs, not metrics: a table of all of them is thousands of columns wide)."""
+    figures: dict[str, Any] = {"acc": {}}
+    for path in mcqa_metrics:
+        scores = read_json(path).get("d_eval", {}).get("letter", {})
+        if "acc_all" in scores:
+            figures["acc"][path.stem] = round(scores["acc_all"], 4)
+    figures["map@100"] = round(read_json(embedder_metrics)["finetuned"]["macro"]["map@100"], 4)
+    systems = read_json(agent_metrics)["systems"]
+    agents = [name for name in ("oracle", "react") if name in systems]
+    figures["f1"] = {name: round(systems[name]["overall"]["f1"], 4) for name in agents}
+    return figures
+
+
 def write_report(sections: list[str], out_file: Path, title: str = "alia: the run") -> None:
     page = offline_page(title).replace("{refresh_tag}", "")
     body = "\n".join([f"<h1>{html.escape(title)}</h1>", *sections])

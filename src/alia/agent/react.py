@@ -23,6 +23,7 @@ from smolagents.monitoring import TokenUsage
 
 from alia.agent.tools import BM25Tools, EmbedderTools, RetrievalTools
 from alia.core.io import write_text
+from alia.core.tracking import agent_span
 from alia.llm.client import LOCAL, LLMClient
 from alia.llm.prompts import PROMPTS_DIR
 
@@ -174,6 +175,14 @@ class GuardedAgent(ToolCallingAgent):
         return f"{self._seen[key]}\n{REPEAT_NUDGE.format(name=tool_name)}"
 
 
+def named_tool(function: Any) -> Tool:
+    """smolagents' tool of `function`, an instance of a class named after it: MLflow names a tool's
+    span by its class (`sensors_for_asset.__call__`, where every tool was `SimpleTool.__call__`)."""
+    made = tool(function)
+    made.__class__ = type(made.name, (type(made),), {})
+    return made
+
+
 def build_agent(
     tools: RetrievalTools,
     llm: LLMClient,
@@ -193,7 +202,7 @@ def build_agent(
     ours = yaml.safe_load(Path(prompt_file).read_text(encoding="utf-8"))
     templates["system_prompt"] = ours["system_prompt"]
     return GuardedAgent(
-        tools=[tool(f) for f in tools.functions()],
+        tools=[named_tool(f) for f in tools.functions()],
         model=ClientModel(llm, tool_calling),
         prompt_templates=templates,
         max_steps=max_steps,
@@ -285,7 +294,12 @@ def run_agent(agent: GuardedAgent, question: str) -> AgentRun:
     from smolagents.memory import ActionStep
     from smolagents.utils import AgentMaxStepsError
 
-    result = agent.run(question, return_full_result=True)
+    with agent_span(question) as span:
+        result = agent.run(question, return_full_result=True)
+        if span is not None:
+            span.set_outputs({"answer": result.output, "state": result.state})
+            if result.state != "success":  # smolagents' own span says OK whenever run() returns
+                span.set_status("ERROR")
     trace: list[dict[str, Any]] = [{"type": "task", "question": question}]
     for step in agent.memory.steps:
         if not isinstance(step, ActionStep):

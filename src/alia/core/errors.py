@@ -23,8 +23,9 @@ KNOWN: tuple[type[BaseException], ...] = (ValueError, OSError, yaml.YAMLError)
 
 
 def is_known(error: BaseException) -> bool:
-    # LLMError is a RuntimeError: known by name, so that this module needs no openai import
-    return isinstance(error, KNOWN) or type(error).__name__ == "LLMError"
+    # LLMError is a RuntimeError, Killed alia.core.tracking's SIGTERM: known by name, so that this
+    # module needs no openai import
+    return isinstance(error, KNOWN) or type(error).__name__ in ("LLMError", "Killed")
 
 
 def one_line(error: BaseException) -> str:

@@ -109,8 +109,12 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def prepare_causal_lm(spec: str, out_dir: str | Path, dtype: str = "bfloat16") -> dict[str, Any]:
-    """Save the causal LM named by `spec` as a transformers checkpoint (model + tokenizer) in `out_dir`."""
+def prepare_causal_lm(
+    spec: str, out_dir: str | Path, dtype: str = "bfloat16", hub_id: str | None = None
+) -> dict[str, Any]:
+    """Save the causal LM named by `spec` as a transformers checkpoint (model + tokenizer) in `out_dir`;
+    `hub_id`: the hub model a packaged or local `spec` was made from (a hub `spec` is its own), for the
+    cards."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -132,6 +136,7 @@ def prepare_causal_lm(spec: str, out_dir: str | Path, dtype: str = "bfloat16") -
         tokenizer.save_pretrained(out_dir)
         info = {
             "spec": spec,
+            "hub_id": hub_id if source.is_local else spec,
             "location": location if not source.is_local else Path(source.location).name,
             "sha256": sha256_file(source.location) if source.is_gguf else "",
             "architecture": type(model).__name__,
@@ -143,8 +148,9 @@ def prepare_causal_lm(spec: str, out_dir: str | Path, dtype: str = "bfloat16") -
     return info
 
 
-def prepare_embedder(spec: str, out_dir: str | Path) -> dict[str, Any]:
-    """Save the sentence-transformers model named by `spec` in sentence-transformers format in `out_dir`."""
+def prepare_embedder(spec: str, out_dir: str | Path, hub_id: str | None = None) -> dict[str, Any]:
+    """Save the sentence-transformers model named by `spec` in sentence-transformers format in `out_dir`
+    (`hub_id` as for prepare_causal_lm)."""
     from sentence_transformers import SentenceTransformer
 
     out_dir = Path(out_dir)
@@ -156,6 +162,7 @@ def prepare_embedder(spec: str, out_dir: str | Path) -> dict[str, Any]:
         model.save(str(out_dir))
     info = {
         "spec": spec,
+        "hub_id": hub_id if source.is_local else spec,
         "location": source.location if not source.is_local else Path(source.location).name,
         "dimensions": model.get_embedding_dimension(),
         "max_seq_length": model.max_seq_length,

@@ -114,6 +114,7 @@ TeacherOverrides = dict[str, Any]
 class ModelRole(Section):
     kind: Literal["causal_lm", "sentence_transformer"]
     source: str
+    hub_id: str | None = None  # the hub model a package source was made from (a hub source is its own)
     dtype: Dtype = "bfloat16"
 
 

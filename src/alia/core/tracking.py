@@ -12,7 +12,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
+import socket
 import subprocess
+import threading
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -26,6 +30,8 @@ from alia.core.io import write_json
 
 # Every stage imports this module: a known failure prints one line, not a traceback.
 errors.install()
+# ... and imports it first among alia's modules: a run opened only at the stage's end starts here.
+STARTED_MS = int(time.time() * 1000)
 
 EXPERIMENT = "alia"
 # MLflow rejects param values longer than this.
@@ -106,25 +112,86 @@ def flatten_params(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+class Killed(BaseException):
+    """SIGTERM (`kill`, a scheduler's time limit) raised in the main thread, so that the run ends."""
+
+
+def _killed(signum: int, frame: Any) -> None:
+    raise Killed(f"killed by {signal.Signals(signum).name}")
+
+
+def close_dead_runs(client: Any, experiment_id: str) -> list[str]:
+    """End as KILLED the runs of this experiment still RUNNING whose process on this host is gone
+    (SIGKILL, the OOM killer, a power cut: nothing in the process could end them); their ids."""
+    host, closed = socket.gethostname(), []
+    running = client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=1000)
+    for run in running:
+        tags = run.data.tags
+        if tags.get("alia.host") != host or not tags.get("alia.pid", "").isdigit():
+            continue
+        try:
+            os.kill(int(tags["alia.pid"]), 0)
+            continue  # alive: a stage running beside this one
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # alive, another user's
+        closed.append(run.info.run_id)
+    # a nested run (train_embedder's seeds) went with its parent
+    closed += [r.info.run_id for r in running if r.data.tags.get("mlflow.parentRunId") in closed]
+    for run_id in closed:
+        client.set_terminated(run_id, status="KILLED")
+    return closed
+
+
 @contextmanager
 def start_run(
-    stage: str, params: dict[str, Any] | None = None, experiment: str = EXPERIMENT, variant: str | None = None
+    stage: str,
+    params: dict[str, Any] | None = None,
+    experiment: str = EXPERIMENT,
+    variant: str | None = None,
+    start_time: int | None = None,
 ) -> Iterator[Any]:
     """An MLflow run for one stage (one `variant` of a foreach stage), tagged for traceability, with the
-    stage's params logged."""
+    stage's params logged; `start_time` (ms) backdates it to when the stage's work began.
+
+    The run ends FINISHED, FAILED on an error, KILLED on Ctrl-C or SIGTERM; a run left RUNNING by a
+    process killed outright is ended KILLED by the next run on this host (close_dead_runs).
+    """
     import mlflow  # imported here: it takes seconds, and most of alia never needs it
 
     mlflow.set_tracking_uri(tracking_uri())
-    mlflow.set_experiment(experiment)
-    tags = run_tags(stage)
+    experiment_id = mlflow.set_experiment(experiment).experiment_id
+    client = mlflow.MlflowClient()
+    close_dead_runs(client, experiment_id)
+    tags = run_tags(stage) | {"alia.host": socket.gethostname(), "alia.pid": str(os.getpid())}
     if variant:
         tags["alia.variant"] = variant  # the foreach key: the DVC stage is <stage>@<variant>
     name = f"{stage}[{variant}]" if variant else stage
     run_name = f"{name}@{tags.get('dvc.exp_name') or tags['mlflow.source.git.commit'][:7] or 'workspace'}"
-    with mlflow.start_run(run_name=run_name, tags=tags) as run:
+    created = client.create_run(experiment_id, start_time=start_time, tags=tags, run_name=run_name)
+    # a handler can only be set from the main thread (a test's or a server's thread keeps the default)
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _killed) if in_main else None
+    run = mlflow.start_run(run_id=created.info.run_id)
+    status = "FINISHED"
+    try:
         if params:
             mlflow.log_params(flatten_params(params))
         yield run
+    except (Killed, KeyboardInterrupt):
+        status = "KILLED"
+        raise
+    except BaseException:
+        status = "FAILED"
+        raise
+    finally:
+        mlflow.end_run(status)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+_tracing = False  # trace_agent was called: agent_span opens a root span per question
 
 
 def trace_agent() -> None:
@@ -133,8 +200,25 @@ def trace_agent() -> None:
     response cache already holds makes no call, so it shows as the agent's step alone."""
     import mlflow
 
+    global _tracing
     mlflow.smolagents.autolog(silent=True)
     mlflow.openai.autolog(silent=True)
+    _tracing = True
+
+
+@contextmanager
+def agent_span(question: str) -> Iterator[Any]:
+    """The root span of one agent run while trace_agent is on (else None): the caller sets its outputs
+    and, where the agent ended without an answer (max steps), its status ERROR, which is the trace's."""
+    if not _tracing:
+        yield None
+        return
+    import mlflow
+    from mlflow.entities import SpanType
+
+    with mlflow.start_span(name="agent", span_type=SpanType.AGENT) as span:
+        span.set_inputs({"question": question})
+        yield span
 
 
 # --- how every stage ends ----------------------------------------------------------------------
@@ -238,7 +322,8 @@ def finish_stage(
     write_json(metrics_file, metrics)
     for path, rows in (plots or {}).items():
         write_json(path, rows)
-    with nullcontext() if mlflow.active_run() else start_run(stage, params, variant=variant):
+    new_run = not mlflow.active_run()
+    with start_run(stage, params, variant=variant, start_time=STARTED_MS) if new_run else nullcontext():
         mlflow.log_metrics(numeric_leaves(metrics) | numeric_leaves(run_stats, "run."))
         log_inputs(inputs or {})
         for artifact in artifacts:
