@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,13 @@ def stage_command(name: str, *args: str | Path) -> list[str]:
     return [sys.executable, str(REPO / "stages" / f"{name}.py"), *map(str, args)]
 
 
+# the stages' MLflow runs (a failed run each) go here, not into the repository's mlflow.db
+RUNS = f"sqlite:///{tempfile.mkdtemp(prefix='alia-test-errors-')}/mlflow.db"
+
+
 def stage(name: str, *args: str | Path, cwd: Path = REPO, debug: bool = False) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "ALIA_DEBUG"} | ({"ALIA_DEBUG": "1"} if debug else {})
+    env["MLFLOW_TRACKING_URI"] = RUNS
     return subprocess.run(
         stage_command(name, *args), cwd=cwd, env=env, capture_output=True, text=True, timeout=300
     )

