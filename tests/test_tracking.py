@@ -1,4 +1,9 @@
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import mlflow
 import pytest
@@ -128,10 +133,7 @@ with start_run("train_student", variant="kd_qa") as run:
 
 def _started_stage(tmp_path, store):
     """A stage's process inside its run (what stages/train_student.py does while it trains)."""
-    import subprocess
-    import sys
-
-    env = {**__import__("os").environ, "MLFLOW_TRACKING_URI": store}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store}
     proc = subprocess.Popen(
         [sys.executable, "-c", STAGE], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True,
@@ -140,8 +142,6 @@ def _started_stage(tmp_path, store):
 
 
 def test_a_stage_killed_by_sigterm_ends_its_run_killed(store, tmp_path):
-    import signal
-
     proc, run_id = _started_stage(tmp_path, store)
     assert mlflow.MlflowClient(store).get_run(run_id).info.status == "RUNNING"
     proc.send_signal(signal.SIGTERM)
@@ -153,8 +153,6 @@ def test_a_stage_killed_by_sigterm_ends_its_run_killed(store, tmp_path):
 
 
 def test_a_run_left_running_by_sigkill_is_ended_by_the_next_run(store, tmp_path):
-    import signal
-
     proc, run_id = _started_stage(tmp_path, store)
     proc.send_signal(signal.SIGKILL)  # nothing in the process can end its run
     proc.communicate(timeout=60)
@@ -180,8 +178,6 @@ def test_a_stage_that_fails_ends_its_run_failed_and_a_live_one_stays_running(sto
 
 
 def test_a_run_opened_at_the_stage_end_starts_when_the_stage_did(store, tmp_path, monkeypatch):
-    import time
-
     from alia.core import tracking
 
     began = int(time.time() * 1000) - 90_000  # a teacher stage that worked 90 s before its end
