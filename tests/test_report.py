@@ -103,6 +103,13 @@ def test_the_report_draws_its_charts_offline(tmp_path, tables):
     )  # fmt: skip
     text = report.read_text(encoding="utf-8")
     assert "Cavitation in a centrifugal pump" in text and "Which sensor sees cavitation?" in text
+    # the corpora at a glance, six short columns (the file's nine overflowed a 1,280-pixel window)
+    corpora_table = pd.read_html(io.StringIO(text.split("Corpora</h2>")[1].split("<h3>")[0]))[0]
+    stats = read_json(metrics / "corpus_stats.json")
+    assert corpora_table.columns.tolist() == ["corpus", "passages", "all facts", "coverage", "foreign",
+                                              "contradictions"]  # fmt: skip
+    assert corpora_table["corpus"].tolist() == list(stats)
+    assert corpora_table["coverage"].tolist() == [s["mean_coverage"] for s in stats.values()]
     # the teacher's parse rate per stage, a folder of variants as stage@variant
     teacher = pd.read_html(io.StringIO(text.split("The teacher's answers</h2>")[1]))[0]
     assert teacher["stage"].tolist() == ["relevance_check", "kd_rephrase@qa", "kd_rephrase@scholar",
