@@ -94,3 +94,20 @@ def test_the_teacher_survives_faults_and_answers_each_prompt_once(tmp_path):
     assert metrics["requests"] == stats["requests"]  # every request the server saw was counted
     assert stats["answered_twice"] == 0
     assert metrics["calls"] == stats["answered"] == len(prompts) + metrics["reasks"]
+
+
+def test_a_server_that_died_is_named_in_the_error(tmp_path):
+    """A dead server only shows as refused connections; the error says it died and how (CI once saw
+    just "Connection error." when llama.cpp died of an instruction its CPU forbids)."""
+    from alia.llm.client import LLMError
+
+    prompt = [{"role": "user", "content": "Say yes."}]
+    config = teacher_config(base_url="simulated", retries=1, timeout=1)
+    with LLMClient(config, tmp_path / "cache.sqlite", server_log=tmp_path / "server.log") as teacher:
+        assert teacher.ask([prompt])[0].ok
+        teacher.server.process.kill()
+        teacher.server.process.wait()
+        with pytest.raises(
+            LLMError, match=r"the simulated teacher had died \(by SIGKILL\); see .*server\.log"
+        ):
+            teacher.ask([[{"role": "user", "content": "Say no."}]])

@@ -159,6 +159,10 @@ class LLMClient:
         """The local or simulated server, once a cache miss has started it."""
         return self._server
 
+    def _server_death(self) -> str:
+        death = self._server.death() if self._server is not None else ""
+        return f"; {death}" if death else ""
+
     def close(self) -> None:
         if self._server is not None:
             self._server.__exit__(None, None, None)
@@ -345,7 +349,7 @@ class LLMClient:
                 f"(transient errors retried {self.config.retries} times) "
                 f"(first: prompt {i}: {type(first).__name__}: {first}); "
                 f"the {len(prompts) - len(errors)} answers that arrived are cached in {self.cache.path}, "
-                "so a re-run resumes from them"
+                f"so a re-run resumes from them{self._server_death()}"
             ) from first
         return results
 
@@ -368,7 +372,7 @@ class LLMClient:
             self.stats["failures"] += 1
             raise LLMError(
                 f"teacher.base_url {self.config.base_url}: the call failed after {self.config.retries} "
-                f"retries: {type(error).__name__}: {error}"
+                f"retries: {type(error).__name__}: {error}{self._server_death()}"
             ) from error
         answer = self._answer(raw)
         answer.parsed = answer.text

@@ -86,6 +86,16 @@ class ServerProcess:
                 time.sleep(poll)
         raise TimeoutError(f"the {self.name} did not answer within {timeout} s")
 
+    def death(self) -> str:
+        """'' while the server runs; once it has died, how (a failed request's error ends with it, since
+        the client only sees refused connections)."""
+        if self.process is None or self.process.poll() is None:
+            return ""
+        code = self.process.returncode
+        how = f"by {signal.Signals(-code).name}" if code < 0 else f"with code {code}"
+        where = f"; see {self.log_path}" if self.log_path else ""
+        return f"the {self.name} had died ({how}){where}"
+
     def _stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
