@@ -19,7 +19,7 @@ import yaml
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
 
 from alia.core.io import write_text
-from alia.core.models import PACKAGE_PREFIX, SOURCE_FILE
+from alia.core.models import SOURCE_FILE, package_spec
 from alia.core.tracking import dvc_digest
 
 # the source tables' licence (data/raw/LICENSE-CC-BY-4.0.txt), which everything derived inherits
@@ -37,9 +37,9 @@ def source_of(pretrained_dir: str | Path) -> dict[str, Any]:
 def base_weights(source: dict[str, Any]) -> str:
     """Where the base's weights came from, said to someone outside this repository."""
     spec, hub_id = source.get("spec", ""), source.get("hub_id")
-    if not spec.startswith(PACKAGE_PREFIX):
+    if not (package := package_spec(spec)):
         return f"`{spec}` from the Hugging Face hub." if spec == hub_id else f"the local checkpoint `{spec}`."
-    module = spec.removeprefix(PACKAGE_PREFIX).split("/")[0]
+    module = package[0]
     dist = importlib.metadata.packages_distributions().get(module, [module.replace("_", "-")])[0]
     made_from = f" (made from `{hub_id}`)" if hub_id else ""
     return (
@@ -53,8 +53,8 @@ def loading_adapter(source: dict[str, Any], folder: str) -> str:
     base by its path in the repository, which only a clone has."""
     spec = source.get("spec", "")
     imports = ["from peft import PeftModel", "from transformers import AutoModelForCausalLM"]
-    module, _, file = spec.removeprefix(PACKAGE_PREFIX).partition("/")
-    if not spec.startswith(PACKAGE_PREFIX):
+    module, file = package_spec(spec) or ("", "")
+    if not module:
         base = [f'base = AutoModelForCausalLM.from_pretrained("{spec}")']
     elif file:  # a GGUF file inside the package, de-quantised on load (needs the gguf package)
         imports.insert(0, "import importlib.util\n")

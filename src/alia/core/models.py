@@ -65,10 +65,19 @@ def package_dir(module: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def package_spec(spec: str) -> tuple[str, str] | None:
+    """`package:<module>/<file>` as (module, file), file "" for a package of chunks; None for any
+    other source (a local path or a hub model id)."""
+    if not spec.startswith(PACKAGE_PREFIX):
+        return None
+    module, _, file = spec.removeprefix(PACKAGE_PREFIX).partition("/")
+    return module, file
+
+
 def resolve_source(spec: str, workdir: str | Path) -> ModelSource:
     """Where the weights of `spec` are; a chunked GGUF package is assembled into `workdir`."""
-    if spec.startswith(PACKAGE_PREFIX):
-        module, _, relative = spec.removeprefix(PACKAGE_PREFIX).partition("/")
+    if package := package_spec(spec):
+        module, relative = package
         if relative:
             path = package_dir(module) / relative
             if not path.exists():
