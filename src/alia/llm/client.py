@@ -297,8 +297,7 @@ class LLMClient:
         progress: tqdm,
         request: dict,
     ) -> list:
-        # `concurrency` workers share one queue of prompts: a paper-scale stage holds as many tasks
-        # as requests in flight, not one per prompt (hundreds of thousands)
+        # `concurrency` workers share one queue: as many tasks as requests in flight, not one a prompt
         results: list[Answer | BaseException | None] = [None] * len(prompts)
         queue = iter(range(len(prompts)))
 
@@ -357,7 +356,6 @@ class LLMClient:
         """One answer to one conversation, for callers that go turn by turn (the agent), through the same
         cache, retries and accounting as `ask`. `request` holds further request fields (tools,
         tool_choice, stop, response_format); they are part of the cache key."""
-
         self.stats["prompts"] += 1
 
         async def one() -> dict[str, Any]:
